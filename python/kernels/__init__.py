@@ -1,0 +1,30 @@
+"""kernels: LLM inference kernels behind one API across NVIDIA, ROCm, Intel XPU and CPU.
+
+Each op validates its arguments and dispatches, through the registry, to the best implementation
+for the platform its tensors live on. ``kernels.backend("triton")`` forces one backend.
+"""
+
+from importlib.metadata import PackageNotFoundError, version
+
+from . import composite, native, triton  # noqa: F401  (each registers its implementations)
+from .ops.activation import gelu_and_mul, silu_and_mul
+from .ops.norm import fused_add_rms_norm_, rms_norm
+from .ops.rope import rotary_embedding_
+from .reference import registration as _reference_registration  # noqa: F401
+from .registry import BackendUnavailableError, backend
+
+try:
+    __version__ = version("kernels")
+except PackageNotFoundError:  # running from a source tree that is not installed
+    __version__ = "0+unknown"
+
+__all__ = [
+    "rms_norm",
+    "fused_add_rms_norm_",
+    "rotary_embedding_",
+    "silu_and_mul",
+    "gelu_and_mul",
+    "backend",
+    "BackendUnavailableError",
+    "__version__",
+]

@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# On a machine with an NVIDIA GPU, in one go: install the wheel built elsewhere (dist/*.whl; building
+# here is the fallback), run the GPU tests, the CPU tests on this host's wider ISA, and the named
+# benchmarks; write logs and result files into OUT and pack them into OUT/gpu_check.tar.gz.
+#
+#   scripts/gpu_check.sh OUT [OP ...]      OP: a `kernels bench` op name, or `all` (default: none)
+set -uo pipefail
+OUT=${1:?usage: scripts/gpu_check.sh OUT [OP ...]}
+shift
+mkdir -p "$OUT/work"
+LOG="$OUT/work"
+export PYTHONUNBUFFERED=1
+PY=${PYTHON:-python3}
+status=0
+
+step() { echo "== $*" | tee -a "$LOG/summary.txt"; }
+
+# Extra wheels (liger-kernel, ...) carried in .whl/ go to a private site dir.
+if compgen -G ".whl/*.whl" >/dev/null; then
+  $PY -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site
+fi
+
+wheel=$(ls dist/kernels-*.whl 2>/dev/null | head -1)
+if [ -n "$wheel" ]; then
+  step "install $wheel"
+  $PY -m pip install -q --no-deps --force-reinstall "$wheel" >"$LOG/install.log" 2>&1 || status=1
+else
+  step "build here (no dist/*.whl was brought)"
+  KERNELS_CUDA_ARCHS=${KERNELS_CUDA_ARCHS:-90a} $PY -m pip install -q --no-deps --no-build-isolation . >"$LOG/install.log" 2>&1 || status=1
+fi
+nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem --format=csv >"$LOG/nvidia-smi.txt" 2>&1
+$PY -m kernels.cli info >"$LOG/info.txt" 2>&1 || status=1
+
+step "pytest -m gpu"
+$PY -m pytest -m gpu -q -p no:cacheprovider tests >"$LOG/pytest_gpu.log" 2>&1 || status=1
+tail -3 "$LOG/pytest_gpu.log" | tee -a "$LOG/summary.txt"
+
+# The CPU backend's AVX-512 variant runs only where the host has it (not on the dev/CI machines).
+for isa in avx512 avx2; do
+  step "pytest CPU ops, KERNELS_CPU_ISA=$isa"
+  KERNELS_CPU_ISA=$isa $PY -m pytest -m "not gpu" -q -p no:cacheprovider tests/ops >"$LOG/pytest_cpu_$isa.log" 2>&1 || status=1
+  tail -1 "$LOG/pytest_cpu_$isa.log" | tee -a "$LOG/summary.txt"
+done
+
+for op in "$@"; do
+  step "kernels bench $op"
+  $PY -m kernels.cli bench "$op" --device cuda --json "$LOG/results" --plot "$LOG/$op.png" >"$LOG/bench_$op.log" 2>&1 || status=1
+  tail -40 "$LOG/bench_$op.log"
+done
+
+echo; cat "$LOG/summary.txt"
+tar -czf "$OUT/gpu_check.tar.gz" -C "$OUT" work && rm -rf "$OUT/work"
+exit $status

@@ -1,0 +1,74 @@
+"""The op contract's torch.library side: opcheck on every native op, and torch.compile over them."""
+
+import pytest
+import torch
+
+import kernels
+from kernels.native import library
+from tests.helpers import DEVICES, assert_close
+
+
+def test_native_library_is_built_and_loaded():
+    # Without the library every native test below would be vacuous: fail loudly instead.
+    assert library.load() is None, library.load()
+    assert library.has_kernel("rms_norm", "CPU")
+
+
+def _samples(device, dtype):
+    t, h = 5, 96
+    x = torch.randn(t, h, dtype=dtype, device=device)
+    w = torch.randn(h, dtype=dtype, device=device)
+    qkv = torch.randn(t, (4 + 2 * 2) * 64, dtype=dtype, device=device)
+    q = qkv[:, : 4 * 64].view(t, 4, 64)
+    k = qkv[:, 4 * 64 : 6 * 64].view(t, 2, 64)
+    cache = torch.randn(32, 64, dtype=torch.float32, device=device)
+    positions = torch.randint(0, 32, (t,), device=device)
+    ops = torch.ops.kernels
+    return [
+        (ops.rms_norm, (x, w, 1e-6)),
+        (ops.rms_norm, (torch.randn(0, h, dtype=dtype, device=device), w, 1e-6)),
+        (ops.fused_add_rms_norm_, (x.clone(), x.clone() * 2, w, 1e-6)),
+        (ops.rotary_embedding_, (positions, q, k, cache, True)),
+        (ops.rotary_embedding_, (positions, q, k, cache, False)),
+        (ops.silu_and_mul, (x,)),
+        (ops.gelu_and_mul, (x, False)),
+        (ops.gelu_and_mul, (x, True)),
+    ]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_opcheck(device, dtype):
+    for op, args in _samples(device, dtype):
+        torch.library.opcheck(op, args)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_torch_compile_of_a_decoder_step(device):
+    torch._dynamo.reset()
+
+    def step(h, residual, w_norm, positions, qkv, cache, gate_up):
+        kernels.fused_add_rms_norm_(h, residual, w_norm, 1e-6)
+        q = qkv[:, :256].view(-1, 4, 64)
+        k = qkv[:, 256:384].view(-1, 2, 64)
+        kernels.rotary_embedding_(positions, q, k, cache, True)
+        return kernels.rms_norm(h, w_norm, 1e-6) + kernels.silu_and_mul(gate_up)[:, :128], q.sum()
+
+    t = 6
+    args = (
+        torch.randn(t, 128, device=device),
+        torch.randn(t, 128, device=device),
+        torch.randn(128, device=device),
+        torch.randint(0, 32, (t,), device=device),
+        torch.randn(t, 512, device=device),
+        torch.randn(32, 64, device=device),
+        torch.randn(t, 512, device=device),
+    )
+    eager_args = [a.clone() for a in args]
+    expected = step(*eager_args)
+    compiled = torch.compile(step, fullgraph=True)
+    got = compiled(*args)
+    for g, e in zip(got, expected):
+        assert_close(g, e, torch.float32)
+    for g, e in zip(args, eager_args):
+        assert_close(g, e, torch.float32, "mutated input")
