@@ -36,12 +36,12 @@ def test_forced_backend_that_cannot_run_raises_instead_of_falling_back(monkeypat
         for i in registry.implementations("rms_norm")
     ]
     monkeypatch.setitem(registry._REGISTRY, "rms_norm", unbuilt)
-    registry._candidates.cache_clear()
+    registry._CANDIDATES.clear()
     with kernels.backend("native"), pytest.raises(kernels.BackendUnavailableError, match="not built"):
         kernels.rms_norm(x, w)
     # Unforced, dispatch moves on to the next backend.
     assert registry.select("rms_norm", x, w, 1e-6).backend != "native"
-    registry._candidates.cache_clear()
+    registry._CANDIDATES.clear()
 
 
 def test_forced_backend_on_a_platform_it_does_not_run_on_raises(monkeypatch):

@@ -33,7 +33,7 @@ struct Kernels {
                    int64_t hidden, float eps, int64_t begin, int64_t end);
   void (*fused_add_rms_norm)(DType, void* x, void* residual, const void* weight, int64_t hidden,
                              float eps, int64_t begin, int64_t end);
-  // Work item: one head of one token; items [0, T * q_heads) are q, the rest k, token-major.
+  // Work item: one head of one token, t * (q_heads + k_heads) + h, q heads before k heads.
   void (*rotary_embedding)(const RopeArgs&, int64_t begin, int64_t end);
   // Work item: one element of the [T, d] output, so that a single long row still splits.
   void (*silu_and_mul)(DType, const void* x, void* out, int64_t d, int64_t begin, int64_t end);
@@ -43,10 +43,8 @@ struct Kernels {
 };
 
 const Kernels& scalar_kernels();
-#if defined(KERNELS_CPU_X86)
-const Kernels& avx2_kernels();
-const Kernels& avx512_kernels();
-#endif
+const Kernels& avx2_kernels();    // built on x86-64 only
+const Kernels& avx512_kernels();  // built on x86-64 only
 
 // The best variant this CPU runs, capped by the environment variable KERNELS_CPU_ISA
 // (scalar | avx2 | avx512). Read at every call, so a test can switch variants in-process.

@@ -11,7 +11,11 @@ from .ops.activation import gelu_and_mul, silu_and_mul
 from .ops.norm import fused_add_rms_norm_, rms_norm
 from .ops.rope import rotary_embedding_
 from .reference import registration as _reference_registration  # noqa: F401
+from .platform import local_platforms as _local_platforms
 from .registry import BackendUnavailableError, backend
+from .registry import prepare as _prepare
+
+_prepare(_local_platforms())
 
 try:
     __version__ = version("kernels")

@@ -14,7 +14,6 @@ ahead-of-time compile, the same torch ops on another device). ``kernels info`` p
 from __future__ import annotations
 
 import contextlib
-import functools
 import os
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
@@ -72,7 +71,7 @@ def register(
         impls.append(Implementation(op, backend, fn, dict(platforms), supports, available))
         impls.sort(key=lambda i: BACKENDS.index(i.backend))
         _REGISTRY[op] = impls
-        _candidates.cache_clear()
+        _CANDIDATES.clear()
         return fn
 
     return decorate
@@ -109,13 +108,24 @@ def forced_backend() -> str | None:
     return name
 
 
-def _candidates_uncached(op: str, plat: str) -> tuple[Implementation, ...]:
-    return tuple(i for i in implementations(op) if plat in i.platforms and i.available(plat) is None)
+# (op, platform) -> the implementations usable in this process, in priority order. A plain dict
+# (not functools.lru_cache) so that torch.compile traces a lookup rather than the availability probes.
+_CANDIDATES: dict[tuple[str, str], tuple[Implementation, ...]] = {}
 
 
-@functools.lru_cache(maxsize=None)
 def _candidates(op: str, plat: str) -> tuple[Implementation, ...]:
-    return _candidates_uncached(op, plat)
+    found = _CANDIDATES.get((op, plat))
+    if found is None:
+        found = tuple(i for i in implementations(op) if plat in i.platforms and i.available(plat) is None)
+        _CANDIDATES[(op, plat)] = found
+    return found
+
+
+def prepare(platforms: list[str]) -> None:
+    """Probe availability now (library loaded, triton importable) for every op on ``platforms``."""
+    for op in _REGISTRY:
+        for plat in platforms:
+            _candidates(op, plat)
 
 
 def select(op: str, *args) -> Implementation:

@@ -85,15 +85,18 @@ def rotary_embedding_(
         )
     checks.contiguous("cos_sin_cache", cos_sin_cache)
     is_neox = checks.boolean("is_neox", is_neox)
+    if not checks.tracing():  # these need data pointers and values, unknown while tracing
+        _check_memory(positions, q, k, cos_sin_cache.shape[0])
+    registry.dispatch("rotary_embedding_", positions, q, k, cos_sin_cache, is_neox)
+
+
+def _check_memory(positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor, max_position: int) -> None:
     if q.numel() and k.numel() and _overlap(q, k):
         raise ValueError("q and k must not overlap in memory: both are rotated in place")
     if positions.device.type == "cpu" and positions.numel():
         lo, hi = int(positions.min()), int(positions.max())
-        if lo < 0 or hi >= cos_sin_cache.shape[0]:
-            raise ValueError(
-                f"positions must lie in [0, {cos_sin_cache.shape[0]}) (the rows of cos_sin_cache); got [{lo}, {hi}]"
-            )
-    registry.dispatch("rotary_embedding_", positions, q, k, cos_sin_cache, is_neox)
+        if lo < 0 or hi >= max_position:
+            raise ValueError(f"positions must lie in [0, {max_position}) (the rows of cos_sin_cache); got [{lo}, {hi}]")
 
 
 def _overlap(a: torch.Tensor, b: torch.Tensor) -> bool:

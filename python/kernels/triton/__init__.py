@@ -1,1 +1,74 @@
-"""Triton backend (being written)."""
+"""The ``triton`` backend: portable GPU kernels (ROCm, XPU, and a CUDA fallback) written in Triton.
+
+Triton is optional. Importing this package never imports triton: the kernel modules (norm, rope,
+activation) load on the first call, and ``available`` reports why the backend cannot run when
+``import triton`` fails.
+
+Verification: tested on the H100 (CUDA); on ROCm and XPU the kernels are tested under the Triton
+interpreter and compiled ahead of time for AMD (``python -m kernels.triton.aot``), hence
+``emulated``. With ``TRITON_INTERPRET=1`` set before import, the interpreter runs the kernels on CPU
+tensors, and the backend registers for ``cpu`` too (that is how the test suite runs it without a GPU);
+being slow, the interpreter is used only where the triton backend is forced, never chosen by default.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import os
+
+from .. import platform as _platform
+from .. import registry
+
+INTERPRETER = os.environ.get("TRITON_INTERPRET") == "1"
+
+PLATFORMS = {"cuda": "verified", "rocm": "emulated", "xpu": "emulated"}
+if INTERPRETER:
+    PLATFORMS["cpu"] = "emulated"
+
+# op -> (module, function)
+OPS = {
+    "rms_norm": ("norm", "rms_norm"),
+    "fused_add_rms_norm_": ("norm", "fused_add_rms_norm_"),
+    "rotary_embedding_": ("rope", "rotary_embedding_"),
+    "silu_and_mul": ("activation", "silu_and_mul"),
+    "gelu_and_mul": ("activation", "gelu_and_mul"),
+}
+
+
+@functools.lru_cache(maxsize=None)
+def _import_error() -> str | None:
+    try:
+        import triton  # noqa: F401
+    except Exception as e:  # ImportError, or a broken installation
+        return f"triton is not importable ({type(e).__name__}: {e}); pip install triton"
+    return None
+
+
+def available(platform: str) -> str | None:
+    return _import_error()
+
+
+def supports(*args) -> str | None:
+    if INTERPRETER and registry.forced_backend() != "triton" and _platform.platform_of(*args) == "cpu":
+        return "the Triton interpreter runs CPU tensors only when the triton backend is forced"
+    return None
+
+
+def _lazy(module: str, name: str):
+    """A function that imports ``module`` (and so triton) on its first call, then calls ``name``."""
+    fn = None
+
+    def call(*args):
+        nonlocal fn
+        if fn is None:
+            fn = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+        return fn(*args)
+
+    call.__name__ = call.__qualname__ = name
+    call.__module__ = f"{__name__}.{module}"
+    return call
+
+
+for _op, (_module, _name) in OPS.items():
+    registry.register(_op, "triton", PLATFORMS, supports=supports, available=available)(_lazy(_module, _name))

@@ -1,0 +1,74 @@
+// Builds the kernel table of one ISA from the templated kernels; included once per isa_*.cpp,
+// after that ISA's vector layer.
+#pragma once
+#include <cstdint>
+
+#include "cpu/activation_kernels.h"
+#include "cpu/kernel_table.h"
+#include "cpu/norm_kernels.h"
+#include "cpu/rope_kernels.h"
+#include "cpu/vec_math.h"
+
+namespace kernels::cpu {
+
+template <class F>
+inline void visit_dtype(DType dtype, F f) {
+  switch (dtype) {
+    case DType::Float32: return f(float{});
+    case DType::Float16: return f(Half{});
+    case DType::BFloat16: return f(BFloat16{});
+  }
+}
+
+template <class Vec>
+struct TypeErased {
+  static void rms_norm(DType dtype, const void* x, int64_t x_row_stride, const void* weight,
+                       void* out, int64_t hidden, float eps, int64_t begin, int64_t end) {
+    visit_dtype(dtype, [&](auto tag) {
+      using T = decltype(tag);
+      rms_norm_rows<Vec>(static_cast<const T*>(x), x_row_stride, static_cast<const T*>(weight),
+                         static_cast<T*>(out), hidden, eps, begin, end);
+    });
+  }
+  static void fused_add_rms_norm(DType dtype, void* x, void* residual, const void* weight,
+                                 int64_t hidden, float eps, int64_t begin, int64_t end) {
+    visit_dtype(dtype, [&](auto tag) {
+      using T = decltype(tag);
+      fused_add_rms_norm_rows<Vec>(static_cast<T*>(x), static_cast<T*>(residual),
+                                   static_cast<const T*>(weight), hidden, eps, begin, end);
+    });
+  }
+  static void rotary_embedding(const RopeArgs& args, int64_t begin, int64_t end) {
+    visit_dtype(args.dtype, [&](auto tag) {
+      using T = decltype(tag);
+      if (args.cache_is_float32) {
+        rotary_embedding_items<Vec, T, float>(args, begin, end);
+      } else {
+        rotary_embedding_items<Vec, T, T>(args, begin, end);
+      }
+    });
+  }
+  template <Vec (*Act)(Vec)>
+  static void gated(DType dtype, const void* x, void* out, int64_t d, int64_t begin, int64_t end) {
+    visit_dtype(dtype, [&](auto tag) {
+      using T = decltype(tag);
+      gated_activation<Vec, T, Act>(static_cast<const T*>(x), static_cast<T*>(out), d, begin,
+                                    end);
+    });
+  }
+};
+
+template <class Vec>
+constexpr Kernels make_kernels() {
+  using K = TypeErased<Vec>;
+  return Kernels{
+      &K::rms_norm,
+      &K::fused_add_rms_norm,
+      &K::rotary_embedding,
+      &K::template gated<silu<Vec>>,
+      &K::template gated<gelu_erf<Vec>>,
+      &K::template gated<gelu_tanh<Vec>>,
+  };
+}
+
+}  // namespace kernels::cpu

@@ -1,0 +1,73 @@
+// The vector layer on AVX-512 (F, BW, VL, DQ): 16 float lanes. Only included by isa_avx512.cpp,
+// the one file built with those flags; its own namespace keeps the linker from mixing these
+// inline functions with the baseline ones.
+#pragma once
+#include <immintrin.h>
+
+#include "cpu/dtypes.h"
+
+namespace kernels::cpu::avx512 {
+
+struct Vec {
+  static constexpr int N = 16;
+  __m512 v;
+
+  static Vec set1(float x) { return {_mm512_set1_ps(x)}; }
+  static Vec load(const float* p) { return {_mm512_loadu_ps(p)}; }
+  static Vec load(const BFloat16* p) {
+    const __m512i w =
+        _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+    return {_mm512_castsi512_ps(_mm512_slli_epi32(w, 16))};
+  }
+  static Vec load(const Half* p) {
+    return {_mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)))};
+  }
+  void store(float* p) const { _mm512_storeu_ps(p, v); }
+  void store(BFloat16* p) const {
+    // Round to nearest even: add just under half an ulp, plus one more when the kept part is odd.
+    const __m512i u = _mm512_castps_si512(v);
+    const __m512i odd = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
+    __m512i r = _mm512_srli_epi32(
+        _mm512_add_epi32(u, _mm512_add_epi32(odd, _mm512_set1_epi32(0x7FFF))), 16);
+    // The carry would turn a NaN into an infinity or flip its sign.
+    r = _mm512_mask_mov_epi32(r, _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q),
+                              _mm512_set1_epi32(0x7FC0));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), _mm512_cvtepi32_epi16(r));
+  }
+  void store(Half* p) const {
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(p),
+                        _mm512_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+  }
+};
+struct Mask {
+  __mmask16 m;
+};
+
+inline Vec operator+(Vec a, Vec b) { return {_mm512_add_ps(a.v, b.v)}; }
+inline Vec operator-(Vec a, Vec b) { return {_mm512_sub_ps(a.v, b.v)}; }
+inline Vec operator*(Vec a, Vec b) { return {_mm512_mul_ps(a.v, b.v)}; }
+inline Vec operator/(Vec a, Vec b) { return {_mm512_div_ps(a.v, b.v)}; }
+inline Vec fmadd(Vec a, Vec b, Vec c) { return {_mm512_fmadd_ps(a.v, b.v, c.v)}; }
+inline Vec fnmadd(Vec a, Vec b, Vec c) { return {_mm512_fnmadd_ps(a.v, b.v, c.v)}; }
+inline Vec abs(Vec a) { return {_mm512_abs_ps(a.v)}; }
+// NaN passes through: max/min return their second operand when one is NaN.
+inline Vec clamp(Vec a, float lo, float hi) {
+  return {_mm512_min_ps(_mm512_set1_ps(hi), _mm512_max_ps(_mm512_set1_ps(lo), a.v))};
+}
+inline Vec round_nearest(Vec a) {
+  return {_mm512_roundscale_ps(a.v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)};
+}
+// 2^n for integral n in [-127, 128]: -127 gives 0 and 128 gives infinity.
+inline Vec pow2i(Vec n) {
+  const __m512i e = _mm512_add_epi32(_mm512_cvtps_epi32(n.v), _mm512_set1_epi32(127));
+  return {_mm512_castsi512_ps(_mm512_slli_epi32(e, 23))};
+}
+// a * a - sq, exactly, for sq = a * a rounded.
+inline Vec square_error(Vec a, Vec sq) { return {_mm512_fmsub_ps(a.v, a.v, sq.v)}; }
+inline Mask less(Vec a, Vec b) { return {_mm512_cmp_ps_mask(a.v, b.v, _CMP_LT_OQ)}; }
+inline Vec select(Mask m, Vec a, Vec b) { return {_mm512_mask_blend_ps(m.m, b.v, a.v)}; }
+inline float hsum(Vec a) { return _mm512_reduce_add_ps(a.v); }
+// Lanes (0 1)(2 3)... swapped within each pair.
+inline Vec pair_swap(Vec a) { return {_mm512_permute_ps(a.v, 0xB1)}; }
+
+}  // namespace kernels::cpu::avx512

@@ -1,0 +1,89 @@
+// Transcendental functions on the vector layer, written once for every ISA. Polynomial
+// coefficients are least-squares fits (relative error, Chebyshev nodes) made for this file;
+// each comment gives the fit's error with the coefficients rounded to float32.
+#pragma once
+
+namespace kernels::cpu {
+
+// e^x to ~1 ulp. Overflows to infinity above ~88.4 and flushes to 0 below ~-87.7 (no
+// subnormal results), NaN stays NaN.
+template <class Vec>
+inline Vec exp(Vec x) {
+  x = clamp(x, -88.0f, 88.7f);
+  const Vec n = round_nearest(x * Vec::set1(1.44269504f));
+  // x - n ln2 in two steps: ln2_hi has few enough bits that n * ln2_hi is exact.
+  Vec r = fnmadd(n, Vec::set1(0.693359375f), x);
+  r = fnmadd(n, Vec::set1(-2.12194440e-4f), r);
+  // e^r on [-ln2/2, ln2/2], degree 6, relative error 2e-9 before the float32 rounding of the
+  // coefficients; evaluation rounding dominates either way.
+  Vec p = Vec::set1(1.383683e-3f);
+  p = fmadd(p, r, Vec::set1(8.374816e-3f));
+  p = fmadd(p, r, Vec::set1(4.1668225e-2f));
+  p = fmadd(p, r, Vec::set1(0.1666642f));
+  p = fmadd(p, r, Vec::set1(0.4999999f));
+  p = fmadd(p, r, Vec::set1(1.0f));
+  p = fmadd(p, r, Vec::set1(1.0f));
+  return p * pow2i(n);
+}
+
+// x * sigmoid(x) = x / (1 + e^-x): exact division, and no cancellation for either sign.
+template <class Vec>
+inline Vec silu(Vec x) {
+  return x / (Vec::set1(1.0f) + exp(Vec::set1(0.0f) - x));
+}
+
+// GELU, tanh form: 0.5 x (1 + tanh(u)) is x * sigmoid(2u) with u = sqrt(2/pi) (x + 0.044715 x^3).
+template <class Vec>
+inline Vec gelu_tanh(Vec x) {
+  const Vec x2 = x * x;
+  const Vec minus_2u =
+      x * fmadd(x2, Vec::set1(-2.0f * 0.7978845608f * 0.044715f), Vec::set1(-2.0f * 0.7978845608f));
+  return x / (Vec::set1(1.0f) + exp(minus_2u));
+}
+
+// GELU, exact form: 0.5 x (1 + erf(x / sqrt 2)). For x < 0 the factor 1 + erf is erfc(|z|), so
+// erfc is computed directly, keeping the relative error small far into the negative tail.
+template <class Vec>
+inline Vec gelu_erf(Vec x) {
+  const Vec one = Vec::set1(1.0f);
+  const Vec zero = Vec::set1(0.0f);
+  const Vec half = Vec::set1(0.5f);
+  // erfc(10) is far below the smallest float; the cap keeps x^2 finite for infinite x.
+  const Vec xc = clamp(x, -14.2f, 14.2f);
+  const Vec z = xc * Vec::set1(0.70710678f);
+  const Vec a = abs(z);
+  // a^2 = x^2 / 2 from x itself: e^(-a^2) would amplify the rounding error of z by 2 a^2.
+  const Vec x2 = xc * xc;
+  const Vec a2 = half * x2;
+
+  // |z| < 0.75: erf(a) = a P(a^2), degree 4 in a^2, relative error 9e-8.
+  Vec p = Vec::set1(4.159e-3f);
+  p = fmadd(p, a2, Vec::set1(-2.636047e-2f));
+  p = fmadd(p, a2, Vec::set1(0.11273745f));
+  p = fmadd(p, a2, Vec::set1(-0.37611932f));
+  p = fmadd(p, a2, Vec::set1(1.1283791f));
+  const Vec erf_small = a * p;
+
+  // |z| >= 0.75: erfc(a) = e^(-a^2) Q(t), t = 1 / (1 + 0.45 a), degree 8, relative error 2.5e-8
+  // on [0.75, 10].
+  const Vec t = one / fmadd(a, Vec::set1(0.45f), one);
+  Vec q = Vec::set1(8.9267865e-2f);
+  q = fmadd(q, t, Vec::set1(-0.32233042f));
+  q = fmadd(q, t, Vec::set1(0.3341905f));
+  q = fmadd(q, t, Vec::set1(-6.3250564e-2f));
+  q = fmadd(q, t, Vec::set1(0.23881185f));
+  q = fmadd(q, t, Vec::set1(0.21362928f));
+  q = fmadd(q, t, Vec::set1(0.25602055f));
+  q = fmadd(q, t, Vec::set1(0.253707f));
+  q = fmadd(q, t, Vec::set1(6.4630703e-6f));
+  // The rounding error of x^2 would cost up to a^2 * 2^-24 relative in e^(-a^2); take it back to
+  // first order: e^(-a^2 - err) = e^(-a^2) (1 - err).
+  const Vec err = half * square_error(xc, x2);
+  const Vec erfc_big = exp(zero - a2) * fnmadd(err, one, one) * q;
+
+  const Vec erfc_a = select(less(a, Vec::set1(0.75f)), one - erf_small, erfc_big);
+  const Vec one_plus_erf = select(less(z, zero), erfc_a, Vec::set1(2.0f) - erfc_a);
+  return half * x * one_plus_erf;
+}
+
+}  // namespace kernels::cpu

@@ -1,0 +1,156 @@
+// The vector layer without ISA extensions: plain loops over a few lanes, which the compiler
+// maps onto whatever the baseline target has (SSE2 on x86-64, NEON on arm64). Only included by
+// isa_scalar.cpp. Everything lives in its own namespace so that no inline function here can be
+// merged by the linker with a same-named one built with AVX flags.
+#pragma once
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+
+#include "cpu/dtypes.h"
+
+namespace kernels::cpu::scalar {
+
+inline uint32_t bits_of(float f) {
+  uint32_t u;
+  std::memcpy(&u, &f, 4);
+  return u;
+}
+inline float float_of(uint32_t u) {
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+
+inline float to_float(float f) { return f; }
+inline float to_float(BFloat16 h) { return float_of(uint32_t(h.bits) << 16); }
+inline float to_float(Half h) {
+  const uint32_t sign = uint32_t(h.bits & 0x8000) << 16;
+  const uint32_t rest = h.bits & 0x7FFF;
+  if (rest >= 0x7C00) return float_of(sign | 0x7F800000 | ((rest & 0x3FF) << 13));
+  // Shifting exponent and mantissa into place reads them as a float 2^112 too small; the
+  // multiply rescales normals and subnormals alike, exactly.
+  return float_of(sign | bits_of(float_of(rest << 13) * 0x1p112f));
+}
+
+inline BFloat16 to_bfloat16(float f) {
+  if (std::isnan(f)) return {0x7FC0};
+  const uint32_t u = bits_of(f);
+  // Round to nearest even: add just under half an ulp, plus one more when the kept part is odd.
+  return {uint16_t((u + 0x7FFF + ((u >> 16) & 1)) >> 16)};
+}
+
+inline Half to_half(float f) {
+  const uint32_t u = bits_of(f);
+  const uint16_t sign = uint16_t((u >> 16) & 0x8000);
+  const uint32_t a = u & 0x7FFFFFFF;
+  if (a > 0x7F800000) return {uint16_t(sign | 0x7E00)};
+  if (a >= 0x477FF000) return {uint16_t(sign | 0x7C00)};  // |f| >= 65520 rounds to infinity
+  if (a < 0x38800000) {
+    // Half subnormals are multiples of 2^-24, the ulp of floats in [0.5, 1): adding 0.5 lets the
+    // FPU round to nearest even, and the low mantissa bits are the result.
+    return {uint16_t(sign | (bits_of(float_of(a) + 0.5f) - bits_of(0.5f)))};
+  }
+  // Rebias the exponent, then round the 13 surplus mantissa bits away to nearest even; a carry
+  // out of the mantissa correctly bumps the exponent.
+  const uint32_t rebiased = a - ((127 - 15) << 23);
+  return {uint16_t(sign | ((rebiased + 0xFFF + ((a >> 13) & 1)) >> 13))};
+}
+
+struct Vec {
+  static constexpr int N = 8;
+  float v[N];
+
+  static Vec set1(float x) {
+    Vec r;
+    for (int i = 0; i < N; ++i) r.v[i] = x;
+    return r;
+  }
+  template <class T>
+  static Vec load(const T* p) {
+    Vec r;
+    for (int i = 0; i < N; ++i) r.v[i] = to_float(p[i]);
+    return r;
+  }
+  void store(float* p) const {
+    for (int i = 0; i < N; ++i) p[i] = v[i];
+  }
+  void store(BFloat16* p) const {
+    for (int i = 0; i < N; ++i) p[i] = to_bfloat16(v[i]);
+  }
+  void store(Half* p) const {
+    for (int i = 0; i < N; ++i) p[i] = to_half(v[i]);
+  }
+};
+struct Mask {
+  bool m[Vec::N];
+};
+
+template <class F>
+inline Vec map(F f) {
+  Vec r;
+  for (int i = 0; i < Vec::N; ++i) r.v[i] = f(i);
+  return r;
+}
+
+inline Vec operator+(Vec a, Vec b) {
+  return map([&](int i) { return a.v[i] + b.v[i]; });
+}
+inline Vec operator-(Vec a, Vec b) {
+  return map([&](int i) { return a.v[i] - b.v[i]; });
+}
+inline Vec operator*(Vec a, Vec b) {
+  return map([&](int i) { return a.v[i] * b.v[i]; });
+}
+inline Vec operator/(Vec a, Vec b) {
+  return map([&](int i) { return a.v[i] / b.v[i]; });
+}
+inline Vec fmadd(Vec a, Vec b, Vec c) {
+  return map([&](int i) { return a.v[i] * b.v[i] + c.v[i]; });
+}
+inline Vec fnmadd(Vec a, Vec b, Vec c) {
+  return map([&](int i) { return c.v[i] - a.v[i] * b.v[i]; });
+}
+inline Vec abs(Vec a) {
+  return map([&](int i) { return std::fabs(a.v[i]); });
+}
+// NaN passes through.
+inline Vec clamp(Vec a, float lo, float hi) {
+  return map([&](int i) { return a.v[i] < lo ? lo : (a.v[i] > hi ? hi : a.v[i]); });
+}
+// Adding and removing 1.5 * 2^23 leaves no fraction bits, so the FPU rounds to nearest even;
+// baseline x86-64 has no rounding instruction.
+inline Vec round_nearest(Vec a) {
+  return map([&](int i) { return (a.v[i] + 0x1.8p23f) - 0x1.8p23f; });
+}
+// 2^n for integral n in [-127, 128]: -127 gives 0 and 128 gives infinity. NaN stays NaN
+// (converting it to an integer would be undefined).
+inline Vec pow2i(Vec n) {
+  return map([&](int i) {
+    const float k = n.v[i];
+    return k != k ? k : float_of(uint32_t(int32_t(k) + 127) << 23);
+  });
+}
+// a * a - sq, exactly, for sq = a * a rounded.
+inline Vec square_error(Vec a, Vec sq) {
+  return map([&](int i) { return std::fma(a.v[i], a.v[i], -sq.v[i]); });
+}
+inline Mask less(Vec a, Vec b) {
+  Mask m;
+  for (int i = 0; i < Vec::N; ++i) m.m[i] = a.v[i] < b.v[i];
+  return m;
+}
+inline Vec select(Mask m, Vec a, Vec b) {
+  return map([&](int i) { return m.m[i] ? a.v[i] : b.v[i]; });
+}
+inline float hsum(Vec a) {
+  float s = 0.f;
+  for (int i = 0; i < Vec::N; ++i) s += a.v[i];
+  return s;
+}
+// Lanes (0 1)(2 3)... swapped within each pair.
+inline Vec pair_swap(Vec a) {
+  return map([&](int i) { return a.v[i ^ 1]; });
+}
+
+}  // namespace kernels::cpu::scalar

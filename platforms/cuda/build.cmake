@@ -1,0 +1,34 @@
+# CUDA backend (csrc/cuda), added to kernels_C for the architectures in KERNELS_CUDA_ARCHS
+# ("90a", "80;90a"; CMake turns "90a" into arch=compute_90a,code=[compute_90a,sm_90a]).
+# The .cu files are torch-free launchers; only bindings.cpp, built by the host compiler, includes
+# torch's stable-ABI headers, so nvcc never parses them.
+enable_language(CUDA)
+find_package(CUDAToolkit REQUIRED)
+
+set(_kernels_cuda_dir "${CMAKE_CURRENT_SOURCE_DIR}/csrc/cuda")
+target_sources(kernels_C PRIVATE
+  "${_kernels_cuda_dir}/bindings.cpp"
+  "${_kernels_cuda_dir}/current_stream.cpp"
+  "${_kernels_cuda_dir}/activation/act_and_mul.cu"
+  "${_kernels_cuda_dir}/norm/rms_norm.cu"
+  "${_kernels_cuda_dir}/norm/fused_add_rms_norm.cu"
+  "${_kernels_cuda_dir}/rotary/rotary_embedding.cu")
+
+# The host files use the runtime API's declarations (cudaStream_t, cudaGetErrorString).
+target_include_directories(kernels_C PRIVATE ${CUDAToolkit_INCLUDE_DIRS})
+
+# Static runtime: the library needs no libcudart at load time, so one build loads into a CPU-only
+# torch as well as into any CUDA torch. libcuda itself is opened by the runtime when first used.
+set_target_properties(kernels_C PROPERTIES
+  CUDA_ARCHITECTURES "${KERNELS_CUDA_ARCHS}"
+  CUDA_RUNTIME_LIBRARY Static
+  CUDA_STANDARD 17
+  CUDA_STANDARD_REQUIRED ON
+  CUDA_VISIBILITY_PRESET hidden)
+# Keep the static runtime's symbols private: exported, they would bind to the libcudart that a
+# CUDA torch has already loaded globally, mixing two runtimes' state.
+target_link_options(kernels_C PRIVATE "LINKER:--exclude-libs,ALL")
+
+# Fast math (approximate exp / division / rsqrt, flush-to-zero) stays far inside the bf16 / fp16
+# tolerances and within a few float32 ulps; erff and the NaN rule are unaffected.
+target_compile_options(kernels_C PRIVATE $<$<COMPILE_LANGUAGE:CUDA>:-O3 --use_fast_math>)

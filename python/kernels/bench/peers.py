@@ -1,0 +1,195 @@
+"""The peers each op is compared against in the same run.
+
+- ``torch_eager``: the torch composite (``kernels.composite``), called directly: what model code
+  writes without a kernel library.
+- ``torch_compile``: ``torch.compile`` of that same composite (``dynamic=False``: code specialised to
+  each shape, its best case), compiled and warmed up before any timing.
+- ``liger``: Liger-Kernel's Triton kernels when ``liger_kernel`` is importable (NVIDIA only; it has
+  no CPU kernels). Its functions are bound by inspecting the signature found at run time, and a
+  peer that cannot be imported or called is skipped with a printed note, never faked.
+
+A peer takes the same input set as our backends; ``prepare`` turns it into the peer's own layout
+(outside timing) and ``outputs`` extracts what to compare with the reference.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import inspect
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+from .specs import OpSpec
+
+
+@dataclass
+class Peer:
+    name: str
+    fn: Callable
+    # input set of the public op -> the peer's arguments (run outside timing)
+    prepare: Callable[[tuple], tuple] = field(default=lambda args: args)
+    # (peer args, peer result) -> tensors in the order of OpSpec.outputs
+    outputs: Callable[[tuple, object], list[torch.Tensor]] | None = None
+
+
+class PeerUnavailable(RuntimeError):
+    """This peer cannot run here (not installed, no kernel for this variant or device, API changed)."""
+
+
+def torch_eager(spec: OpSpec) -> Peer:
+    return Peer("torch_eager", spec.composite, outputs=spec.outputs)
+
+
+def torch_compile(spec: OpSpec) -> Peer:
+    """A fresh compile of the composite (compiled lazily by the first, untimed, call)."""
+    import torch._dynamo
+
+    # Every shape gets its own compile: a fresh cache keeps dynamo from switching to dynamic
+    # shapes or hitting its recompile limit after a few shapes.
+    torch._dynamo.reset()
+    compiled = torch.compile(spec.composite, dynamic=False, fullgraph=False)
+    return Peer("torch_compile", compiled, outputs=spec.outputs)
+
+
+# ---------------------------------------------------------------------------------------------
+# Liger-Kernel
+
+
+def _liger_function(module: str, name: str):
+    try:
+        mod = importlib.import_module(module)
+    except Exception as e:  # ImportError, or a Triton / CUDA error raised at import
+        raise PeerUnavailable(f"cannot import {module}: {type(e).__name__}: {e}") from None
+    fn = getattr(mod, name, None)
+    if fn is None:
+        raise PeerUnavailable(f"{module} has no {name} in the installed liger_kernel")
+    return fn
+
+
+def _bind_positional(function_cls, ours: tuple[str, ...], extras: dict[str, object]) -> Callable[..., object]:
+    """A caller of ``function_cls.apply(*ours)`` that orders the arguments by the run-time signature.
+
+    ``autograd.Function.apply`` takes positional arguments only, and Liger's forward signatures
+    differ across releases (optional ``offset``, ``casting_mode``, ``in_place``, ``row_mode``...). The
+    forward found at run time decides the order: each parameter named in ``ours`` or ``extras``
+    (compared case-insensitively) is filled, the first other parameter with a default ends the
+    list (defaults apply from there on), and another parameter without a default, or one of
+    ``ours`` missing, means the API changed: the peer is skipped, never guessed.
+    """
+    try:
+        params = list(inspect.signature(function_cls.forward).parameters.values())[1:]  # drop ctx
+    except (TypeError, ValueError) as e:
+        raise PeerUnavailable(f"cannot inspect {function_cls.__name__}.forward: {e}") from None
+    shown = f"{function_cls.__name__}.forward({', '.join(p.name for p in params)})"
+    order: list[str] = []
+    for p in params:
+        key = p.name.lower()
+        if p.kind not in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD):
+            break
+        if key in ours or key in extras:
+            order.append(key)
+        elif p.default is p.empty:
+            raise PeerUnavailable(f"{shown} needs {p.name!r}, which the bench does not know")
+        else:
+            break
+    missing = [k for k in ours if k not in order]
+    if missing:
+        raise PeerUnavailable(f"{shown} takes no {', '.join(missing)}")
+
+    def call(*tensors):
+        values = dict(extras)
+        values.update(zip(ours, tensors))
+        return function_cls.apply(*(values[k] for k in order))
+
+    return call
+
+
+def _liger_rms_norm(spec: OpSpec, variant: str) -> Peer:
+    fn = _liger_function("liger_kernel.ops.rms_norm", "LigerRMSNormFunction")
+    # casting_mode "llama" is Llama's: normalise in float32, round, then multiply by the weight.
+    call = _bind_positional(fn, ("x", "w", "eps"), {"offset": 0.0, "casting_mode": "llama"})
+    return Peer("liger", call, outputs=lambda args, out: [out])
+
+
+def _liger_fused_add_rms_norm(spec: OpSpec, variant: str) -> Peer:
+    # Out of place: returns (normed, residual_sum); the same bytes move as in our in-place op.
+    fn = _liger_function("liger_kernel.ops.fused_add_rms_norm", "LigerFusedAddRMSNormFunction")
+    call = _bind_positional(fn, ("x", "r", "w", "eps"), {"offset": 0.0, "casting_mode": "llama"})
+
+    def outputs(args, out):
+        if not (isinstance(out, (tuple, list)) and len(out) == 2):
+            raise PeerUnavailable("LigerFusedAddRMSNormFunction did not return (normed, residual)")
+        return [out[0], out[1]]
+
+    return Peer("liger", call, outputs=outputs)
+
+
+def _split_halves(args: tuple) -> tuple:
+    # Liger's gated activations take gate and up as two tensors (two projections in HF models) and
+    # make non-contiguous inputs contiguous, a copy that is not part of the op. They get the two
+    # halves as contiguous tensors, built outside timing: the same bytes read and written.
+    x = args[0]
+    d = x.shape[1] // 2
+    return (x[:, :d].contiguous(), x[:, d:].contiguous())
+
+
+def _liger_gated(module: str, name: str) -> Peer:
+    fn = _liger_function(module, name)
+    call = _bind_positional(fn, ("a", "b"), {})
+    return Peer("liger", call, prepare=_split_halves, outputs=lambda args, out: [out])
+
+
+def _liger_silu_and_mul(spec: OpSpec, variant: str) -> Peer:
+    return _liger_gated("liger_kernel.ops.swiglu", "LigerSiLUMulFunction")
+
+
+def _liger_gelu_and_mul(spec: OpSpec, variant: str) -> Peer:
+    if variant != "tanh":
+        raise PeerUnavailable("Liger's GEGLU implements only the tanh approximation")
+    return _liger_gated("liger_kernel.ops.geglu", "LigerGELUMulFunction")
+
+
+# rotary_embedding_: no Liger peer (its RoPE takes [batch, heads, seq, head_dim] q/k and cos/sin
+# tensors per position, not positions into a cache; converting would time a different op).
+_LIGER = {
+    "rms_norm": _liger_rms_norm,
+    "fused_add_rms_norm_": _liger_fused_add_rms_norm,
+    "silu_and_mul": _liger_silu_and_mul,
+    "gelu_and_mul": _liger_gelu_and_mul,
+}
+
+
+def liger_installed() -> bool:
+    return importlib.util.find_spec("liger_kernel") is not None
+
+
+def liger(spec: OpSpec, variant: str, device: torch.device) -> Peer:
+    if not liger_installed():
+        raise PeerUnavailable("liger_kernel is not installed")
+    if device.type != "cuda":
+        raise PeerUnavailable("liger_kernel has Triton kernels for GPUs only")
+    make = _LIGER.get(spec.name)
+    if make is None:
+        raise PeerUnavailable(f"liger_kernel has no kernel with {spec.name}'s layout")
+    return make(spec, variant)
+
+
+PEER_NAMES = ("torch_eager", "torch_compile", "liger")
+
+
+def peers_for(spec: OpSpec, variant: str, device: torch.device, notes: list[str], wanted=PEER_NAMES) -> list[Peer]:
+    """The peers of one (op, variant) on ``device`` among ``wanted``; why one is missing goes to ``notes``."""
+    found = []
+    if "torch_eager" in wanted:
+        found.append(torch_eager(spec))
+    if "torch_compile" in wanted:
+        found.append(torch_compile(spec))
+    if "liger" in wanted and (liger_installed() or device.type == "cuda"):
+        try:
+            found.append(liger(spec, variant, device))
+        except PeerUnavailable as e:
+            notes.append(f"peer liger skipped for {spec.name}{'/' + variant if variant else ''}: {e}")
+    return found
