@@ -1,5 +1,5 @@
 // Builds the kernel table of one ISA from the templated kernels; included once per isa_*.cpp,
-// after that ISA's vector layer.
+// together with that ISA's vector layer.
 #pragma once
 #include <cstdint>
 

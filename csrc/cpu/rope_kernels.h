@@ -10,13 +10,6 @@
 
 namespace kernels::cpu {
 
-template <class Vec, class Src>
-inline void to_float32(const Src* src, float* dst, int64_t n) {
-  int64_t i = 0;
-  for (; i + Vec::N <= n; i += Vec::N) Vec::load(src + i).store(dst + i);
-  if (i < n) store_n(dst + i, load_n<Vec>(src + i, n - i), n - i);
-}
-
 // NeoX pairs (i, i + half): both halves are contiguous, so each is a plain vector.
 template <class Vec, class T>
 inline void rotate_neox(T* x, const float* cos, const float* sin, int64_t half) {

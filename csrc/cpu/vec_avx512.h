@@ -8,6 +8,17 @@
 
 namespace kernels::cpu::avx512 {
 
+// float32 -> bfloat16, rounded to nearest even, left in the high 16 bits of each 32-bit lane.
+inline __m512i bfloat16_in_high_half(__m512 v) {
+  // Add just under half an ulp, plus one more when the kept part is odd.
+  const __m512i u = _mm512_castps_si512(v);
+  const __m512i odd = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
+  const __m512i r = _mm512_add_epi32(u, _mm512_add_epi32(odd, _mm512_set1_epi32(0x7FFF)));
+  // The carry would turn a NaN into an infinity or flip its sign.
+  return _mm512_mask_mov_epi32(r, _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q),
+                               _mm512_set1_epi32(0x7FC00000));
+}
+
 struct Vec {
   static constexpr int N = 16;
   __m512 v;
@@ -24,19 +35,39 @@ struct Vec {
   }
   void store(float* p) const { _mm512_storeu_ps(p, v); }
   void store(BFloat16* p) const {
-    // Round to nearest even: add just under half an ulp, plus one more when the kept part is odd.
-    const __m512i u = _mm512_castps_si512(v);
-    const __m512i odd = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
-    __m512i r = _mm512_srli_epi32(
-        _mm512_add_epi32(u, _mm512_add_epi32(odd, _mm512_set1_epi32(0x7FFF))), 16);
-    // The carry would turn a NaN into an infinity or flip its sign.
-    r = _mm512_mask_mov_epi32(r, _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q),
-                              _mm512_set1_epi32(0x7FC0));
+    const __m512i r = _mm512_srli_epi32(bfloat16_in_high_half(v), 16);
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), _mm512_cvtepi32_epi16(r));
   }
   void store(Half* p) const {
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(p),
                         _mm512_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+  }
+
+  // 2N elements as two vectors, in the lane order that is cheapest to convert; store2 restores
+  // it. Only for elementwise work in which every operand is loaded the same way.
+  template <class T>
+  static void load2(const T* p, Vec& a, Vec& b) {
+    a = load(p);
+    b = load(p + N);
+  }
+  template <class T>
+  static void store2(T* p, Vec a, Vec b) {
+    a.store(p);
+    b.store(p + N);
+  }
+  // Two bfloat16 share each 32-bit lane, so a shift and a mask split the even elements from the
+  // odd ones: no widening on load and no narrowing on store, which cost ~15% of a norm or an
+  // activation.
+  static void load2(const BFloat16* p, Vec& even, Vec& odd) {
+    const __m512i u = _mm512_loadu_si512(p);
+    even = {_mm512_castsi512_ps(_mm512_slli_epi32(u, 16))};
+    odd = {_mm512_castsi512_ps(_mm512_and_si512(u, _mm512_set1_epi32(int(0xFFFF0000))))};
+  }
+  static void store2(BFloat16* p, Vec even, Vec odd) {
+    const __m512i lo = _mm512_srli_epi32(bfloat16_in_high_half(even.v), 16);
+    const __m512i hi =
+        _mm512_and_si512(bfloat16_in_high_half(odd.v), _mm512_set1_epi32(int(0xFFFF0000)));
+    _mm512_storeu_si512(p, _mm512_or_si512(lo, hi));
   }
 };
 struct Mask {

@@ -2,6 +2,11 @@
 // maps onto whatever the baseline target has (SSE2 on x86-64, NEON on arm64). Only included by
 // isa_scalar.cpp. Everything lives in its own namespace so that no inline function here can be
 // merged by the linker with a same-named one built with AVX flags.
+//
+// Every vec_*.h provides the same interface, which is all the kernels use: Vec (N float lanes;
+// set1, load / store from and to float, Half, BFloat16 with round-to-nearest-even, load2 /
+// store2), Mask, and + - * /, fmadd, fnmadd, abs, clamp, round_nearest, pow2i, square_error,
+// less, select, hsum, pair_swap.
 #pragma once
 #include <cmath>
 #include <cstdint>
@@ -24,37 +29,47 @@ inline float float_of(uint32_t u) {
 
 inline float to_float(float f) { return f; }
 inline float to_float(BFloat16 h) { return float_of(uint32_t(h.bits) << 16); }
+
+// c ? a : b with masks: the conversions below must not branch, or the loops over the lanes would
+// not vectorise (the compiler will not if-convert float arithmetic on its own).
+inline uint32_t pick(bool c, uint32_t a, uint32_t b) {
+  const uint32_t m = 0u - uint32_t(c);
+  return (a & m) | (b & ~m);
+}
+
 inline float to_float(Half h) {
   const uint32_t sign = uint32_t(h.bits & 0x8000) << 16;
   const uint32_t rest = h.bits & 0x7FFF;
-  if (rest >= 0x7C00) return float_of(sign | 0x7F800000 | ((rest & 0x3FF) << 13));
-  // Shifting exponent and mantissa into place reads them as a float 2^112 too small; the
-  // multiply rescales normals and subnormals alike, exactly.
-  return float_of(sign | bits_of(float_of(rest << 13) * 0x1p112f));
+  // Subnormals are rest * 2^-24, computed without a float subnormal (which flush-to-zero modes
+  // would drop); normals only need the exponent rebiased; infinity and NaN keep their mantissa.
+  const uint32_t subnormal = bits_of(float(int32_t(rest)) * 0x1p-24f);
+  const uint32_t normal = (rest << 13) + ((127 - 15) << 23);
+  uint32_t r = pick(rest < 0x400, subnormal, normal);
+  r = pick(rest >= 0x7C00, (rest << 13) | 0x7F800000, r);
+  return float_of(sign | r);
 }
 
 inline BFloat16 to_bfloat16(float f) {
-  if (std::isnan(f)) return {0x7FC0};
   const uint32_t u = bits_of(f);
   // Round to nearest even: add just under half an ulp, plus one more when the kept part is odd.
-  return {uint16_t((u + 0x7FFF + ((u >> 16) & 1)) >> 16)};
+  const uint32_t rounded = (u + 0x7FFF + ((u >> 16) & 1)) >> 16;
+  return {uint16_t(pick(f != f, 0x7FC0, rounded))};
 }
 
 inline Half to_half(float f) {
   const uint32_t u = bits_of(f);
-  const uint16_t sign = uint16_t((u >> 16) & 0x8000);
+  const uint32_t sign = (u >> 16) & 0x8000;
   const uint32_t a = u & 0x7FFFFFFF;
-  if (a > 0x7F800000) return {uint16_t(sign | 0x7E00)};
-  if (a >= 0x477FF000) return {uint16_t(sign | 0x7C00)};  // |f| >= 65520 rounds to infinity
-  if (a < 0x38800000) {
-    // Half subnormals are multiples of 2^-24, the ulp of floats in [0.5, 1): adding 0.5 lets the
-    // FPU round to nearest even, and the low mantissa bits are the result.
-    return {uint16_t(sign | (bits_of(float_of(a) + 0.5f) - bits_of(0.5f)))};
-  }
-  // Rebias the exponent, then round the 13 surplus mantissa bits away to nearest even; a carry
-  // out of the mantissa correctly bumps the exponent.
-  const uint32_t rebiased = a - ((127 - 15) << 23);
-  return {uint16_t(sign | ((rebiased + 0xFFF + ((a >> 13) & 1)) >> 13))};
+  // Normal: rebias the exponent, then round the 13 surplus mantissa bits away to nearest even; a
+  // carry out of the mantissa correctly bumps the exponent.
+  const uint32_t normal = (a - ((127 - 15) << 23) + 0xFFF + ((a >> 13) & 1)) >> 13;
+  // Subnormal: multiples of 2^-24, the ulp of floats in [0.5, 1); adding 0.5 lets the FPU round
+  // to nearest even, and the low mantissa bits are the result.
+  const uint32_t subnormal = bits_of(float_of(a) + 0.5f) - bits_of(0.5f);
+  uint32_t r = pick(a < 0x38800000, subnormal, normal);
+  r = pick(a >= 0x477FF000, 0x7C00, r);  // |f| >= 65520 rounds to infinity
+  r = pick(a > 0x7F800000, 0x7E00, r);
+  return {uint16_t(sign | r)};
 }
 
 struct Vec {
@@ -80,6 +95,19 @@ struct Vec {
   }
   void store(Half* p) const {
     for (int i = 0; i < N; ++i) p[i] = to_half(v[i]);
+  }
+
+  // 2N elements as two vectors; the AVX layers may permute them (store2 undoes it), so these are
+  // only for elementwise work in which every operand is loaded the same way.
+  template <class T>
+  static void load2(const T* p, Vec& a, Vec& b) {
+    a = load(p);
+    b = load(p + N);
+  }
+  template <class T>
+  static void store2(T* p, Vec a, Vec b) {
+    a.store(p);
+    b.store(p + N);
   }
 };
 struct Mask {

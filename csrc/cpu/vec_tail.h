@@ -21,4 +21,26 @@ inline void store_n(T* p, Vec a, int64_t n) {
   std::memcpy(p, buf, n * sizeof(T));
 }
 
+// The same for Vec::load2 / store2 (2N elements as two vectors).
+template <class Vec, class T>
+inline void load2_n(const T* p, int64_t n, Vec& a, Vec& b) {
+  T buf[2 * Vec::N] = {};
+  std::memcpy(buf, p, n * sizeof(T));
+  Vec::load2(buf, a, b);
+}
+
+template <class Vec, class T>
+inline void store2_n(T* p, Vec a, Vec b, int64_t n) {
+  T buf[2 * Vec::N];
+  Vec::store2(buf, a, b);
+  std::memcpy(p, buf, n * sizeof(T));
+}
+
+template <class Vec, class Src>
+inline void to_float32(const Src* src, float* dst, int64_t n) {
+  int64_t i = 0;
+  for (; i + Vec::N <= n; i += Vec::N) Vec::load(src + i).store(dst + i);
+  if (i < n) store_n(dst + i, load_n<Vec>(src + i, n - i), n - i);
+}
+
 }  // namespace kernels::cpu

@@ -63,11 +63,13 @@ __global__ void __launch_bounds__(kMaxThreads) rotary_kernel(const RopeArgs<T, C
     for (int h0 = threadIdx.y; h0 < a.heads; h0 += blockDim.y * kHeadsPerPass) {
       // Heads past the last load the last head (an L1 hit) rather than branch; not stored.
       Vec<T, W> x[kHeadsPerPass][kChunks];
+      T* head[kHeadsPerPass];
 #pragma unroll
       for (int p = 0; p < kHeadsPerPass; ++p) {
-        const T* head = head_ptr(a, token, min(h0 + p * static_cast<int>(blockDim.y), a.heads - 1));
+        head[p] =
+            head_ptr(a, token, min(h0 + p * static_cast<int>(blockDim.y), a.heads - 1)) + offset;
 #pragma unroll
-        for (int c = 0; c < kChunks; ++c) x[p][c] = load_vec<W, kWide>(head + offset + c * half);
+        for (int c = 0; c < kChunks; ++c) x[p][c] = load_vec<W, kWide>(head[p] + c * half);
       }
       // cos / sin after q and k: their loads wait on the position, the heads' need not. Passes
       // after the first re-read them from L1.
@@ -96,13 +98,9 @@ __global__ void __launch_bounds__(kMaxThreads) rotary_kernel(const RopeArgs<T, C
           *x1 = r1;
           *x2 = r2;
         }
-        const int h = h0 + p * blockDim.y;
-        if (h < a.heads) {
-          T* head = head_ptr(a, token, h);
+        if (h0 + p * static_cast<int>(blockDim.y) < a.heads) {
 #pragma unroll
-          for (int c = 0; c < kChunks; ++c) {
-            store_vec<W, kWide>(head + offset + c * half, pack<T>(v[c]));
-          }
+          for (int c = 0; c < kChunks; ++c) store_vec<W, kWide>(head[p] + c * half, pack<T>(v[c]));
         }
       }
     }
