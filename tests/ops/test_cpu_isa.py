@@ -1,0 +1,69 @@
+"""Every CPU ISA variant of the native library (the op takes the best one the CPU has, capped by
+KERNELS_CPU_ISA, read at each call) against the reference, on a small grid per variant."""
+
+import pytest
+import torch
+
+import kernels
+from kernels import platform, reference
+from tests.helpers import DTYPES, assert_close
+from tests.ops.test_rope import cos_sin_cache
+
+
+def _isas():
+    have = set(platform.cpu_isa())
+    isas = ["scalar"]
+    if {"avx2", "fma", "f16c"} <= have:
+        isas.append("avx2")
+    if {"avx512f", "avx512bw", "avx512vl"} <= have:
+        isas.append("avx512")
+    return isas
+
+
+@pytest.fixture(params=_isas())
+def isa(request, monkeypatch):
+    monkeypatch.setenv("KERNELS_CPU_ISA", request.param)
+    return request.param
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("tokens,hidden", [(1, 64), (7, 4099), (33, 200), (5, 8192)])
+def test_norms_and_activations(isa, dtype, tokens, hidden):
+    x = torch.randn(tokens, hidden, dtype=dtype)
+    w = torch.randn(hidden, dtype=dtype)
+    with kernels.backend("native"):
+        assert_close(kernels.rms_norm(x, w, 1e-6), reference.rms_norm(x, w, 1e-6), dtype)
+        assert_close(kernels.silu_and_mul(x[:, : hidden // 2 * 2].contiguous()), reference.silu_and_mul(x[:, : hidden // 2 * 2]), dtype)
+        for approximate in ("none", "tanh"):
+            got = kernels.gelu_and_mul(x[:, : hidden // 2 * 2].contiguous(), approximate)
+            assert_close(got, reference.gelu_and_mul(x[:, : hidden // 2 * 2], approximate), dtype)
+        res = torch.randn_like(x)
+        ref_x, ref_res = x.clone(), res.clone()
+        reference.fused_add_rms_norm_(ref_x, ref_res, w, 1e-6)
+        kernels.fused_add_rms_norm_(x, res, w, 1e-6)
+        assert_close(res, ref_res, dtype, "residual")
+        assert_close(x, ref_x, dtype, "x")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("is_neox", [True, False])
+@pytest.mark.parametrize("heads", [(4, 2, 128, 128), (3, 1, 80, 32)])
+def test_rope(isa, dtype, is_neox, heads):
+    hq, hk, d, r = heads
+    qkv = torch.randn(9, (hq + 2 * hk) * d, dtype=dtype)
+    q = qkv[:, : hq * d].view(9, hq, d)
+    k = qkv[:, hq * d : (hq + hk) * d].view(9, hk, d)
+    cache = cos_sin_cache(64, r, torch.float32, "cpu")
+    positions = torch.randint(0, 64, (9,))
+    ref_q, ref_k = q.clone(), k.clone()
+    reference.rotary_embedding_(positions, ref_q, ref_k, cache, is_neox)
+    with kernels.backend("native"):
+        kernels.rotary_embedding_(positions, q, k, cache, is_neox)
+    assert_close(q, ref_q, dtype, "q")
+    assert_close(k, ref_k, dtype, "k")
+
+
+def test_unknown_isa_name_is_an_error(monkeypatch):
+    monkeypatch.setenv("KERNELS_CPU_ISA", "avx9000")
+    with kernels.backend("native"), pytest.raises(RuntimeError, match="KERNELS_CPU_ISA"):
+        kernels.rms_norm(torch.randn(2, 64), torch.randn(64))
