@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# On a machine with an NVIDIA GPU, in one go: install the wheel built elsewhere (dist/*.whl; building
-# here is the fallback), run the GPU tests, the CPU tests on this host's wider ISA, and the named
+# On a machine with an NVIDIA GPU, in one go: install the wheel built elsewhere (dist/*.whl, from
+# scripts/build_wheel.sh; building here is the fallback), run the GPU tests, the CPU tests on this host's wider ISA, and the named
 # benchmarks; write logs and result files into OUT and pack them into OUT/gpu_check.tar.gz.
 #
 #   scripts/gpu_check.sh OUT [--no-tests] [OP ...]
@@ -25,6 +25,9 @@ if compgen -G ".whl/*.whl" >/dev/null; then
 fi
 
 wheel=$(ls dist/kernels-*.whl 2>/dev/null | head -1)
+# The copy of the tree here has no git history: scripts/build_wheel.sh recorded the commit.
+KERNELS_COMMIT=$(tr -d '\n' <dist/COMMIT 2>/dev/null || echo unknown)
+export KERNELS_COMMIT
 if [ -n "$wheel" ]; then
   step "install $wheel"
   $PY -m pip install -q --no-deps --force-reinstall "$wheel" >"$LOG/install.log" 2>&1 || status=1
