@@ -8,6 +8,8 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
+
 import kernels
 from kernels import registry
 
@@ -80,3 +82,17 @@ def test_interpreter_is_never_chosen_by_default():
     if kernels.triton.INTERPRETER:
         with kernels.backend("triton"):
             assert registry.select("rms_norm", x, w, 1e-6).backend == "triton"
+
+
+def test_a_platform_without_its_triton_plugin_is_reported_unavailable():
+    pytest.importorskip("triton")
+    from triton.backends import backends
+
+    from kernels import triton as triton_backend
+
+    for platform, plugin in (("cuda", "nvidia"), ("rocm", "amd"), ("xpu", "intel")):
+        reason = triton_backend.available(platform)
+        if plugin in backends:
+            assert reason is None
+        else:
+            assert plugin in reason and platform in reason

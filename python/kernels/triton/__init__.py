@@ -45,8 +45,22 @@ def _import_error() -> str | None:
     return None
 
 
+# The Triton backend plugin each GPU platform needs (the interpreter needs none).
+_TRITON_BACKEND = {"cuda": "nvidia", "rocm": "amd", "xpu": "intel"}
+
+
 def available(platform: str) -> str | None:
-    return _import_error()
+    reason = _import_error()
+    if reason is not None or platform not in _TRITON_BACKEND:
+        return reason
+    from triton.backends import backends
+
+    if _TRITON_BACKEND[platform] not in backends:
+        return (
+            f"the installed triton has no {_TRITON_BACKEND[platform]!r} backend for {platform} "
+            f"(it has: {', '.join(sorted(backends)) or 'none'})"
+        )
+    return None
 
 
 def supports(*args) -> str | None:
