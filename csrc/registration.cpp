@@ -15,4 +15,19 @@ STABLE_TORCH_LIBRARY(kernels, m) {
   // activations
   m.def("silu_and_mul(Tensor x) -> Tensor");
   m.def("gelu_and_mul(Tensor x, bool tanh) -> Tensor");
+  // paged attention (docs/dev/op-semantics.md): window -1 = none, soft_cap 0 = none; the second
+  // result is the float32 log-sum-exp of each (query, head), natural log.
+  m.def(
+      "store_kv_cache(Tensor k, Tensor v, Tensor(a!) k_cache, Tensor(b!) v_cache, "
+      "Tensor slot_mapping) -> ()");
+  m.def(
+      "paged_decode_attention(Tensor q, Tensor k_cache, Tensor v_cache, Tensor page_table, "
+      "Tensor seq_lens, float scale, int window, float soft_cap) -> (Tensor, Tensor)");
+  m.def(
+      "paged_prefill_attention(Tensor q, Tensor k_cache, Tensor v_cache, Tensor page_table, "
+      "Tensor qo_indptr, Tensor kv_lens, float scale, bool causal, int window, float soft_cap) "
+      "-> (Tensor, Tensor)");
+  m.def(
+      "merge_attention_states(Tensor v_a, Tensor lse_a, Tensor v_b, Tensor lse_b) "
+      "-> (Tensor, Tensor)");
 }

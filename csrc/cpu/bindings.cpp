@@ -7,7 +7,12 @@
 
 #include <algorithm>
 #include <array>
+#include <cmath>
 #include <cstdint>
+#include <cstring>
+#include <memory>
+#include <tuple>
+#include <vector>
 
 #include "common/check.h"
 #include "cpu/kernel_table.h"
@@ -186,6 +191,317 @@ Tensor gelu_and_mul(Tensor x, bool tanh) {
   return gated_activation(x, tanh ? k.gelu_tanh_and_mul : k.gelu_and_mul, "gelu_and_mul");
 }
 
+// ---- paged attention -----------------------------------------------------------------------
+
+struct CacheShape {
+  int64_t num_pages, page_size, kv_heads, head_dim;
+};
+
+CacheShape check_cache(const Tensor& k_cache, const Tensor& v_cache, const char* op) {
+  check_cpu(k_cache, op);
+  check_cpu(v_cache, op);
+  KERNELS_CHECK(k_cache.dim() == 4 && k_cache.is_contiguous(), op,
+                ": k_cache must be a contiguous [num_pages, page_size, num_kv_heads, head_dim] "
+                "tensor");
+  KERNELS_CHECK(v_cache.dim() == 4 && v_cache.is_contiguous() &&
+                    v_cache.scalar_type() == k_cache.scalar_type(),
+                op, ": v_cache must be contiguous, with k_cache's dtype");
+  for (int64_t i = 0; i < 4; ++i) {
+    KERNELS_CHECK(v_cache.size(i) == k_cache.size(i), op, ": v_cache must have k_cache's shape");
+  }
+  float_dtype(k_cache, op);
+  const CacheShape c{k_cache.size(0), k_cache.size(1), k_cache.size(2), k_cache.size(3)};
+  KERNELS_CHECK(c.page_size >= 1 && c.kv_heads >= 1, op,
+                ": the cache needs page_size >= 1 and num_kv_heads >= 1");
+  return c;
+}
+
+void check_int32(const Tensor& t, int64_t dim, const char* name, const char* op) {
+  check_cpu(t, op);
+  KERNELS_CHECK(t.dim() == dim && t.scalar_type() == ScalarType::Int && t.is_contiguous(), op,
+                ": ", name, " must be a contiguous ", dim, "-d int32 tensor");
+}
+
+// q [tokens, num_heads, head_dim] against the cache; returns the dtype.
+DType check_query(const Tensor& q, const Tensor& k_cache, const CacheShape& c, const char* op) {
+  check_cpu(q, op);
+  KERNELS_CHECK(q.dim() == 3 && q.is_contiguous(), op,
+                ": q must be a contiguous [tokens, num_heads, head_dim] tensor");
+  const DType dtype = float_dtype(q, op);
+  KERNELS_CHECK(q.scalar_type() == k_cache.scalar_type(), op, ": q must have the cache's dtype");
+  KERNELS_CHECK(q.size(2) == c.head_dim, op, ": q's head_dim must be the cache's");
+  KERNELS_CHECK(c.head_dim == 64 || c.head_dim == 128 || c.head_dim == 256, op,
+                ": head_dim must be 64, 128 or 256; got ", c.head_dim);
+  KERNELS_CHECK(q.size(1) >= 1 && q.size(1) % c.kv_heads == 0, op,
+                ": num_heads must be a positive multiple of num_kv_heads");
+  return dtype;
+}
+
+// Every length within [min_len, max_pages * page_size], and every page it reaches in the cache;
+// checked before anything is computed.
+void check_pages(const int32_t* table, int64_t max_pages, const int32_t* lens, int64_t batch,
+                 int64_t min_len, const CacheShape& c, const char* what, const char* op) {
+  const int64_t capacity = max_pages * c.page_size;
+  for (int64_t i = 0; i < batch; ++i) {
+    const int64_t len = lens[i];
+    KERNELS_CHECK(len >= min_len && len <= capacity, op, ": ", what, "[", i, "] = ", len,
+                  " is outside [", min_len, ", ", capacity, "] (max_pages * page_size)");
+    const int64_t used = (len + c.page_size - 1) / c.page_size;
+    for (int64_t p = 0; p < used; ++p) {
+      const int64_t page = table[i * max_pages + p];
+      KERNELS_CHECK(page >= 0 && page < c.num_pages, op, ": page_table[", i, ", ", p, "] = ", page,
+                    " is outside the cache's pages [0, ", c.num_pages, ")");
+    }
+  }
+}
+
+void check_options(double scale, int64_t window, double soft_cap, const char* op) {
+  KERNELS_CHECK(std::isfinite(scale), op, ": scale must be finite");
+  KERNELS_CHECK(window == -1 || window >= 1, op, ": window must be -1 (none) or >= 1");
+  KERNELS_CHECK(std::isfinite(soft_cap) && soft_cap >= 0, op,
+                ": soft_cap must be 0 (none) or positive");
+}
+
+AttentionArgs attention_args(const Tensor& q, const Tensor& k_cache, const Tensor& v_cache,
+                             const Tensor& page_table, const CacheShape& c, DType dtype,
+                             double scale, int64_t window, double soft_cap, Tensor& out,
+                             Tensor& lse) {
+  AttentionArgs a{};
+  a.q = q.const_data_ptr();
+  a.k_cache = k_cache.const_data_ptr();
+  a.v_cache = v_cache.const_data_ptr();
+  a.page_table = page_table.const_data_ptr<int32_t>();
+  a.out = out.mutable_data_ptr();
+  a.lse = lse.mutable_data_ptr<float>();
+  a.max_pages = page_table.size(1);
+  a.page_size = c.page_size;
+  a.num_heads = q.size(1);
+  a.num_kv_heads = c.kv_heads;
+  a.head_dim = c.head_dim;
+  const int64_t group = a.num_heads / a.num_kv_heads;
+  a.heads_per_item = std::min(group, attention_max_rows(c.head_dim));
+  a.head_slices = (group + a.heads_per_item - 1) / a.heads_per_item;
+  a.window = window;
+  a.scale = float(scale);
+  a.soft_cap = float(soft_cap);
+  a.dtype = dtype;
+  a.chunks = 1;
+  a.tokens_per_tile = 1;
+  return a;
+}
+
+std::tuple<Tensor, Tensor> paged_decode_attention(Tensor q, Tensor k_cache, Tensor v_cache,
+                                                  Tensor page_table, Tensor seq_lens,
+                                                  double scale, int64_t window, double soft_cap) {
+  constexpr const char* op = "paged_decode_attention";
+  const CacheShape c = check_cache(k_cache, v_cache, op);
+  const DType dtype = check_query(q, k_cache, c, op);
+  const int64_t batch = q.size(0), heads = q.size(1);
+  check_int32(page_table, 2, "page_table", op);
+  check_int32(seq_lens, 1, "seq_lens", op);
+  KERNELS_CHECK(page_table.size(0) == batch && seq_lens.size(0) == batch, op,
+                ": page_table and seq_lens must have q's batch size");
+  check_options(scale, window, soft_cap, op);
+  const std::array<int64_t, 3> out_shape{batch, heads, c.head_dim};
+  const std::array<int64_t, 2> lse_shape{batch, heads};
+  Tensor out = torch::stable::new_empty(q, out_shape);
+  Tensor lse = torch::stable::new_empty(q, lse_shape, ScalarType::Float);
+  if (batch == 0) return {out, lse};
+
+  const int32_t* lens = seq_lens.const_data_ptr<int32_t>();
+  check_pages(page_table.const_data_ptr<int32_t>(), page_table.size(1), lens, batch, 1, c,
+              "seq_lens", op);
+
+  AttentionArgs a =
+      attention_args(q, k_cache, v_cache, page_table, c, dtype, scale, window, soft_cap, out, lse);
+  a.kv_lens = lens;
+  a.batch = batch;
+  a.causal = true;
+  // Keys each sequence attends to.
+  int64_t total_keys = 0, max_keys = 0;
+  for (int64_t i = 0; i < batch; ++i) {
+    const int64_t keys = window > 0 ? std::min<int64_t>(lens[i], window) : lens[i];
+    total_keys += keys;
+    max_keys = std::max(max_keys, keys);
+  }
+  // Few (sequence, kv head) groups that the threads cannot share evenly, and long contexts: split
+  // each context into chunks (at least 256 keys each), merged afterwards. Preferably into the
+  // fewest chunks that give every thread the same number of items (parallel_for hands out equal
+  // contiguous ranges), else into enough for every thread to get several.
+  const int64_t groups = batch * c.kv_heads * a.head_slices;
+  const int64_t threads = torch::stable::get_num_threads();
+  const int64_t max_chunks = std::clamp<int64_t>(max_keys / 256, 1, 64);
+  if (threads > 1 && max_chunks > 1 && groups % threads != 0 && groups < 8 * threads) {
+    int64_t chunks = 1;
+    while (chunks < max_chunks && (groups * chunks) % threads != 0) ++chunks;
+    if ((groups * chunks) % threads != 0) {
+      chunks = std::min(max_chunks, (8 * threads + groups - 1) / groups);
+    }
+    a.chunks = chunks;
+  }
+  const int64_t items = groups * a.chunks;
+  const int64_t work_per_item = std::max<int64_t>(
+      1, total_keys / batch / a.chunks * a.heads_per_item * c.head_dim / 4);
+  const Kernels& k = active_kernels();
+  if (a.chunks == 1) {
+    torch::stable::parallel_for(0, items, grain(work_per_item), [&](int64_t begin, int64_t end) {
+      k.paged_decode(a, begin, end);
+    });
+    return {out, lse};
+  }
+  // Scratch for the partial results (tens of KiB): plain heap memory, not a tensor, whose
+  // allocation through the dispatcher would cost more than the merge.
+  std::unique_ptr<float[]> part(new float[items * a.heads_per_item * (c.head_dim + 1)]);
+  a.part_out = part.get();
+  a.part_lse = part.get() + items * a.heads_per_item * c.head_dim;
+  torch::stable::parallel_for(0, items, 1, [&](int64_t begin, int64_t end) {
+    k.paged_decode(a, begin, end);
+  });
+  torch::stable::parallel_for(0, groups, grain(a.chunks * a.heads_per_item * c.head_dim),
+                              [&](int64_t begin, int64_t end) {
+                                k.decode_merge_chunks(a, begin, end);
+                              });
+  return {out, lse};
+}
+
+std::tuple<Tensor, Tensor> paged_prefill_attention(Tensor q, Tensor k_cache, Tensor v_cache,
+                                                   Tensor page_table, Tensor qo_indptr,
+                                                   Tensor kv_lens, double scale, bool causal,
+                                                   int64_t window, double soft_cap) {
+  constexpr const char* op = "paged_prefill_attention";
+  const CacheShape c = check_cache(k_cache, v_cache, op);
+  const DType dtype = check_query(q, k_cache, c, op);
+  const int64_t total_q = q.size(0), heads = q.size(1);
+  check_int32(page_table, 2, "page_table", op);
+  check_int32(qo_indptr, 1, "qo_indptr", op);
+  check_int32(kv_lens, 1, "kv_lens", op);
+  const int64_t batch = page_table.size(0);
+  KERNELS_CHECK(qo_indptr.size(0) == batch + 1 && kv_lens.size(0) == batch, op,
+                ": qo_indptr must be [batch + 1] and kv_lens [batch], batch from page_table");
+  check_options(scale, window, soft_cap, op);
+  const int32_t* indptr = qo_indptr.const_data_ptr<int32_t>();
+  const int32_t* lens = kv_lens.const_data_ptr<int32_t>();
+  KERNELS_CHECK(indptr[0] == 0 && indptr[batch] == total_q, op,
+                ": qo_indptr must run from 0 to q.size(0) = ", total_q);
+  for (int64_t i = 0; i < batch; ++i) {
+    KERNELS_CHECK(indptr[i + 1] >= indptr[i], op, ": qo_indptr must not decrease");
+    KERNELS_CHECK(lens[i] >= indptr[i + 1] - indptr[i], op, ": kv_lens[", i, "] = ", lens[i],
+                  " is below its sequence's query count ", indptr[i + 1] - indptr[i]);
+  }
+  check_pages(page_table.const_data_ptr<int32_t>(), page_table.size(1), lens, batch, 0, c,
+              "kv_lens", op);
+  const std::array<int64_t, 3> out_shape{total_q, heads, c.head_dim};
+  const std::array<int64_t, 2> lse_shape{total_q, heads};
+  Tensor out = torch::stable::new_empty(q, out_shape);
+  Tensor lse = torch::stable::new_empty(q, lse_shape, ScalarType::Float);
+  if (total_q == 0) return {out, lse};
+
+  AttentionArgs a =
+      attention_args(q, k_cache, v_cache, page_table, c, dtype, scale, window, soft_cap, out, lse);
+  a.kv_lens = lens;
+  a.qo_indptr = indptr;
+  a.batch = batch;
+  a.causal = causal;
+  a.tokens_per_tile =
+      std::clamp<int64_t>(attention_max_rows(c.head_dim) / a.heads_per_item, 1, 32);
+  std::vector<int64_t> tile_start(batch + 1, 0);
+  int64_t keys = 0;
+  for (int64_t i = 0; i < batch; ++i) {
+    const int64_t n = indptr[i + 1] - indptr[i];
+    tile_start[i + 1] = tile_start[i] + (n + a.tokens_per_tile - 1) / a.tokens_per_tile;
+    keys += n > 0 ? lens[i] : 0;
+  }
+  a.tile_start = tile_start.data();
+  const int64_t tiles = tile_start[batch];
+  const int64_t items = tiles * c.kv_heads * a.head_slices;
+  const int64_t work_per_item =
+      std::max<int64_t>(1, keys / std::max<int64_t>(1, tiles) * a.tokens_per_tile *
+                               a.heads_per_item * c.head_dim / 4);
+  const Kernels& k = active_kernels();
+  torch::stable::parallel_for(0, items, grain(work_per_item), [&](int64_t begin, int64_t end) {
+    k.paged_prefill(a, begin, end);
+  });
+  return {out, lse};
+}
+
+void store_kv_cache(Tensor k, Tensor v, Tensor k_cache, Tensor v_cache, Tensor slot_mapping) {
+  constexpr const char* op = "store_kv_cache";
+  const CacheShape c = check_cache(k_cache, v_cache, op);
+  for (const Tensor* t : {&k, &v}) {
+    check_cpu(*t, op);
+    KERNELS_CHECK(t->dim() == 3 && t->size(1) == c.kv_heads && t->size(2) == c.head_dim &&
+                      t->scalar_type() == k_cache.scalar_type(),
+                  op, ": k and v must be [T, num_kv_heads, head_dim] in the cache's dtype");
+    KERNELS_CHECK((c.head_dim <= 1 || t->stride(2) == 1) &&
+                      (c.kv_heads <= 1 || t->stride(1) == c.head_dim),
+                  op, ": k and v must have contiguous heads (stride(2) == 1, stride(1) == D)");
+  }
+  const int64_t tokens = k.size(0);
+  KERNELS_CHECK(v.size(0) == tokens, op, ": v must have k's number of tokens");
+  check_cpu(slot_mapping, op);
+  KERNELS_CHECK(slot_mapping.dim() == 1 && slot_mapping.size(0) == tokens &&
+                    slot_mapping.scalar_type() == ScalarType::Long && slot_mapping.is_contiguous(),
+                op, ": slot_mapping must be a contiguous int64 [T] tensor");
+  // Every slot is checked before anything is written.
+  const int64_t* slots = slot_mapping.const_data_ptr<int64_t>();
+  const int64_t num_slots = c.num_pages * c.page_size;
+  for (int64_t t = 0; t < tokens; ++t) {
+    KERNELS_CHECK(slots[t] >= -1 && slots[t] < num_slots, op, ": slot_mapping[", t, "] = ",
+                  slots[t], " is outside [-1, ", num_slots, ")");
+  }
+  const int64_t row = c.kv_heads * c.head_dim;
+  if (tokens == 0 || row == 0) return;
+  const int64_t elem = k_cache.scalar_type() == ScalarType::Float ? 4 : 2;
+  const int64_t bytes = row * elem;
+  const char* kp = static_cast<const char*>(k.const_data_ptr());
+  const char* vp = static_cast<const char*>(v.const_data_ptr());
+  char* kc = static_cast<char*>(k_cache.mutable_data_ptr());
+  char* vc = static_cast<char*>(v_cache.mutable_data_ptr());
+  const int64_t k_stride = k.stride(0) * elem, v_stride = v.stride(0) * elem;
+  torch::stable::parallel_for(0, tokens, grain(row), [&](int64_t begin, int64_t end) {
+    for (int64_t t = begin; t < end; ++t) {
+      if (slots[t] < 0) continue;
+      std::memcpy(kc + slots[t] * bytes, kp + t * k_stride, bytes);
+      std::memcpy(vc + slots[t] * bytes, vp + t * v_stride, bytes);
+    }
+  });
+}
+
+std::tuple<Tensor, Tensor> merge_attention_states(Tensor v_a, Tensor lse_a, Tensor v_b,
+                                                  Tensor lse_b) {
+  constexpr const char* op = "merge_attention_states";
+  check_cpu(v_a, op);
+  check_cpu(v_b, op);
+  KERNELS_CHECK(v_a.dim() == 3 && v_a.is_contiguous(), op,
+                ": v_a must be a contiguous [T, H, D] tensor");
+  const DType dtype = float_dtype(v_a, op);
+  const int64_t tokens = v_a.size(0), heads = v_a.size(1), head_dim = v_a.size(2);
+  KERNELS_CHECK(v_b.dim() == 3 && v_b.is_contiguous() && v_b.scalar_type() == v_a.scalar_type() &&
+                    v_b.size(0) == tokens && v_b.size(1) == heads && v_b.size(2) == head_dim,
+                op, ": v_b must match v_a in shape and dtype, contiguous");
+  for (const Tensor* t : {&lse_a, &lse_b}) {
+    check_cpu(*t, op);
+    KERNELS_CHECK(t->dim() == 2 && t->size(0) == tokens && t->size(1) == heads &&
+                      t->scalar_type() == ScalarType::Float && t->is_contiguous(),
+                  op, ": lse_a and lse_b must be contiguous float32 [T, H] tensors");
+  }
+  const std::array<int64_t, 3> v_shape{tokens, heads, head_dim};
+  const std::array<int64_t, 2> lse_shape{tokens, heads};
+  Tensor v = torch::stable::new_empty(v_a, v_shape);
+  Tensor lse = torch::stable::new_empty(lse_a, lse_shape);
+  const int64_t rows = tokens * heads;
+  if (rows == 0) return {v, lse};
+  const MergeArgs a{v_a.const_data_ptr(),        lse_a.const_data_ptr<float>(),
+                    v_b.const_data_ptr(),        lse_b.const_data_ptr<float>(),
+                    v.mutable_data_ptr(),        lse.mutable_data_ptr<float>(),
+                    head_dim,                    dtype};
+  const Kernels& k = active_kernels();
+  torch::stable::parallel_for(0, rows, grain(head_dim + 8), [&](int64_t begin, int64_t end) {
+    k.merge_attention_states(a, begin, end);
+  });
+  return {v, lse};
+}
+
 }  // namespace
 }  // namespace kernels::cpu
 
@@ -195,4 +511,8 @@ STABLE_TORCH_LIBRARY_IMPL(kernels, CPU, m) {
   m.impl("rotary_embedding_", TORCH_BOX(&kernels::cpu::rotary_embedding_));
   m.impl("silu_and_mul", TORCH_BOX(&kernels::cpu::silu_and_mul));
   m.impl("gelu_and_mul", TORCH_BOX(&kernels::cpu::gelu_and_mul));
+  m.impl("store_kv_cache", TORCH_BOX(&kernels::cpu::store_kv_cache));
+  m.impl("paged_decode_attention", TORCH_BOX(&kernels::cpu::paged_decode_attention));
+  m.impl("paged_prefill_attention", TORCH_BOX(&kernels::cpu::paged_prefill_attention));
+  m.impl("merge_attention_states", TORCH_BOX(&kernels::cpu::merge_attention_states));
 }

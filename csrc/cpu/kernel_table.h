@@ -27,6 +27,54 @@ struct RopeArgs {
   bool is_neox;
 };
 
+// (query token, query head) rows in one attention tile: its scaled q and accumulators, float32,
+// take 2 x 32 KiB.
+constexpr int64_t attention_max_rows(int64_t head_dim) { return 8192 / head_dim; }
+
+// Paged attention (decode and prefill share it). A work item is a tile: some query tokens of one
+// sequence, with the query heads (or a slice of them) of one KV head, over a range of keys.
+struct AttentionArgs {
+  const void* q;        // [total_q, num_heads, head_dim], contiguous
+  const void* k_cache;  // [num_pages, page_size, num_kv_heads, head_dim], contiguous
+  const void* v_cache;
+  const int32_t* page_table;  // [batch, max_pages]
+  const int32_t* kv_lens;     // [batch]: keys of each sequence
+  const int32_t* qo_indptr;   // [batch + 1] (prefill); null for decode (one query per sequence)
+  const int64_t* tile_start;  // [batch + 1] (prefill): first query tile of each sequence
+  void* out;                  // [total_q, num_heads, head_dim], q's dtype
+  float* lse;                 // [total_q, num_heads]
+  // Decode with the context split into chunks: per item, [heads_per_item, head_dim] float32
+  // partial outputs and [heads_per_item] lse, merged by attention_merge_chunks. Null otherwise.
+  float* part_out;
+  float* part_lse;
+  int64_t batch;
+  int64_t max_pages;
+  int64_t page_size;
+  int64_t num_heads;
+  int64_t num_kv_heads;
+  int64_t head_dim;
+  int64_t heads_per_item;  // query heads per item: the whole group, or slices of it (last shorter)
+  int64_t head_slices;     // ceil(group / heads_per_item)
+  int64_t tokens_per_tile; // prefill: query tokens per tile
+  int64_t chunks;          // decode: context chunks per (sequence, head slice)
+  int64_t window;          // -1: none
+  float scale;
+  float soft_cap;          // 0: none
+  bool causal;
+  DType dtype;
+};
+
+struct MergeArgs {
+  const void* v_a;
+  const float* lse_a;
+  const void* v_b;
+  const float* lse_b;
+  void* v;
+  float* lse;
+  int64_t head_dim;
+  DType dtype;
+};
+
 struct Kernels {
   // Work item: one row.
   void (*rms_norm)(DType, const void* x, int64_t x_row_stride, const void* weight, void* out,
@@ -40,6 +88,15 @@ struct Kernels {
   void (*gelu_and_mul)(DType, const void* x, void* out, int64_t d, int64_t begin, int64_t end);
   void (*gelu_tanh_and_mul)(DType, const void* x, void* out, int64_t d, int64_t begin,
                             int64_t end);
+  // Work item: ((sequence * num_kv_heads + kv_head) * head_slices + slice) * chunks + chunk.
+  void (*paged_decode)(const AttentionArgs&, int64_t begin, int64_t end);
+  // Work item: ((sequence * num_kv_heads + kv_head) * head_slices + slice); merges the chunks.
+  void (*decode_merge_chunks)(const AttentionArgs&, int64_t begin, int64_t end);
+  // Work item: (tile * num_kv_heads + kv_head) * head_slices + slice, tiles numbered over the
+  // whole batch (tile_start).
+  void (*paged_prefill)(const AttentionArgs&, int64_t begin, int64_t end);
+  // Work item: one (token, head) row.
+  void (*merge_attention_states)(const MergeArgs&, int64_t begin, int64_t end);
 };
 
 const Kernels& scalar_kernels();

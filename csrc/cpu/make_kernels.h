@@ -2,8 +2,10 @@
 // together with that ISA's vector layer.
 #pragma once
 #include <cstdint>
+#include <type_traits>
 
 #include "cpu/activation_kernels.h"
+#include "cpu/attention_kernels.h"
 #include "cpu/kernel_table.h"
 #include "cpu/norm_kernels.h"
 #include "cpu/rope_kernels.h"
@@ -17,6 +19,16 @@ inline void visit_dtype(DType dtype, F f) {
     case DType::Float32: return f(float{});
     case DType::Float16: return f(Half{});
     case DType::BFloat16: return f(BFloat16{});
+  }
+}
+
+// head_dim as a compile-time constant: 64, 128 or 256 (bindings.cpp checks).
+template <class F>
+inline void visit_head_dim(int64_t head_dim, F f) {
+  switch (head_dim) {
+    case 64: return f(std::integral_constant<int, 64>{});
+    case 128: return f(std::integral_constant<int, 128>{});
+    default: return f(std::integral_constant<int, 256>{});
   }
 }
 
@@ -56,6 +68,22 @@ struct TypeErased {
                                     end);
     });
   }
+  template <int Which>  // 0 decode, 1 decode chunk merge, 2 prefill
+  static void attention(const AttentionArgs& args, int64_t begin, int64_t end) {
+    visit_dtype(args.dtype, [&](auto tag) {
+      visit_head_dim(args.head_dim, [&](auto d) {
+        using A = PagedAttention<Vec, decltype(tag), decltype(d)::value>;
+        if constexpr (Which == 0) A::decode(args, begin, end);
+        if constexpr (Which == 1) A::decode_merge(args, begin, end);
+        if constexpr (Which == 2) A::prefill(args, begin, end);
+      });
+    });
+  }
+  static void merge_attention_states(const MergeArgs& args, int64_t begin, int64_t end) {
+    visit_dtype(args.dtype, [&](auto tag) {
+      merge_attention_rows<Vec, decltype(tag)>(args, begin, end);
+    });
+  }
 };
 
 template <class Vec>
@@ -68,6 +96,10 @@ constexpr Kernels make_kernels() {
       &K::template gated<silu<Vec>>,
       &K::template gated<gelu_erf<Vec>>,
       &K::template gated<gelu_tanh<Vec>>,
+      &K::template attention<0>,
+      &K::template attention<1>,
+      &K::template attention<2>,
+      &K::merge_attention_states,
   };
 }
 

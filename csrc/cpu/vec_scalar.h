@@ -6,7 +6,8 @@
 // Every vec_*.h provides the same interface, which is all the kernels use: Vec (N float lanes;
 // set1, load / store from and to float, Half, BFloat16 with round-to-nearest-even, load2 /
 // store2), Mask, and + - * /, fmadd, fnmadd, abs, clamp, round_nearest, pow2i, square_error,
-// less, select, hsum, pair_swap.
+// less, select, hsum, pair_swap, max, hmax,
+// hsum_lanes.
 #pragma once
 #include <cmath>
 #include <cstdint>
@@ -179,6 +180,19 @@ inline float hsum(Vec a) {
 // Lanes (0 1)(2 3)... swapped within each pair.
 inline Vec pair_swap(Vec a) {
   return map([&](int i) { return a.v[i ^ 1]; });
+}
+// Lane-wise maximum and the largest lane (attention's running max; no NaN handling needed).
+inline Vec max(Vec a, Vec b) {
+  return map([&](int i) { return a.v[i] > b.v[i] ? a.v[i] : b.v[i]; });
+}
+inline float hmax(Vec a) {
+  float m = a.v[0];
+  for (int i = 1; i < Vec::N; ++i) m = a.v[i] > m ? a.v[i] : m;
+  return m;
+}
+// Lane i = hsum(a[i]) for N vectors.
+inline Vec hsum_lanes(const Vec* a) {
+  return map([&](int i) { return hsum(a[i]); });
 }
 
 }  // namespace kernels::cpu::scalar

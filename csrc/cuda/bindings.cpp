@@ -8,9 +8,11 @@
 
 #include <cstdint>
 #include <limits>
+#include <tuple>
 
 #include "common/check.h"
 #include "cuda/activation/act_and_mul.h"
+#include "cuda/attention/paged_attention.h"
 #include "cuda/current_stream.h"
 #include "cuda/norm/rms_norm.h"
 #include "cuda/rotary/rotary_embedding.h"
@@ -167,6 +169,158 @@ Tensor gelu_and_mul(Tensor x, bool tanh) {
   return act_and_mul(x, tanh ? Activation::kGeluTanh : Activation::kGeluErf, "gelu_and_mul");
 }
 
+
+// Attention tensors: bf16 / fp16 on CUDA (float32 attention is CPU-only).
+Dtype attention_dtype(const Tensor& t, const char* op) {
+  const ScalarType s = t.scalar_type();
+  KERNELS_CHECK(s == ScalarType::Half || s == ScalarType::BFloat16, op,
+                ": CUDA supports float16 and bfloat16 (float32 attention runs on the CPU only)");
+  return s == ScalarType::Half ? Dtype::kFloat16 : Dtype::kBFloat16;
+}
+
+// k_cache, v_cache: [num_pages, page_size, kv_heads, head_dim], contiguous, same dtype, 16-byte
+// aligned (the kernels read them with 16-byte vectors).
+void check_caches(const Tensor& k_cache, const Tensor& v_cache, int32_t device, const char* op) {
+  check_on(k_cache, device, "k_cache");
+  check_on(v_cache, device, "v_cache");
+  KERNELS_CHECK(k_cache.dim() == 4 && k_cache.is_contiguous() && v_cache.dim() == 4 &&
+                    v_cache.is_contiguous(),
+                op, ": k_cache and v_cache must be contiguous [num_pages, page_size, kv_heads, head_dim]");
+  for (int d = 0; d < 4; ++d)
+    KERNELS_CHECK(k_cache.size(d) == v_cache.size(d), op, ": v_cache must have k_cache's shape");
+  KERNELS_CHECK(k_cache.scalar_type() == v_cache.scalar_type(), op,
+                ": v_cache must have k_cache's dtype");
+  KERNELS_CHECK(k_cache.size(0) * k_cache.size(1) < (int64_t{1} << 40), op, ": cache too large");
+}
+
+void store_kv_cache(Tensor k, Tensor v, Tensor k_cache, Tensor v_cache, Tensor slot_mapping) {
+  const char* op = "store_kv_cache";
+  const int32_t device = k_cache.get_device_index();
+  check_caches(k_cache, v_cache, device, op);
+  check_on(k, device, "store_kv_cache: k");
+  check_on(v, device, "store_kv_cache: v");
+  check_on(slot_mapping, device, "store_kv_cache: slot_mapping");
+  const Dtype dtype = dtype_of(k_cache, "store_kv_cache: k_cache");
+  const int64_t tokens = k.dim() == 3 ? k.size(0) : -1;
+  const int64_t kv_heads = k_cache.size(2), head_dim = k_cache.size(3);
+  KERNELS_CHECK(k.scalar_type() == k_cache.scalar_type() && v.scalar_type() == k_cache.scalar_type(),
+                op, ": k and v must have the cache's dtype");
+  for (const Tensor* t : {&k, &v})
+    KERNELS_CHECK(t->dim() == 3 && t->size(0) == tokens && t->size(1) == kv_heads &&
+                      t->size(2) == head_dim,
+                  op, ": k and v must be [tokens, kv_heads, head_dim] of the cache");
+  const int64_t k_stride = check_heads(k, tokens, head_dim, "store_kv_cache: k");
+  const int64_t v_stride = check_heads(v, tokens, head_dim, "store_kv_cache: v");
+  KERNELS_CHECK(slot_mapping.scalar_type() == ScalarType::Long && slot_mapping.dim() == 1 &&
+                    slot_mapping.size(0) == tokens && (tokens <= 1 || slot_mapping.stride(0) == 1),
+                op, ": slot_mapping must be contiguous int64 [tokens]");
+  KERNELS_CHECK(kv_heads * head_dim / 8 <= 65535 * 128, op, ": rows too long");
+  if (tokens == 0) return;
+  const DeviceGuard guard(device);
+  check_launch(launch_store_kv_cache(k.const_data_ptr(), v.const_data_ptr(),
+                                     k_cache.mutable_data_ptr(), v_cache.mutable_data_ptr(),
+                                     static_cast<const int64_t*>(slot_mapping.const_data_ptr()),
+                                     tokens, kv_heads * head_dim, k_stride, v_stride,
+                                     k_cache.size(0) * k_cache.size(1), dtype,
+                                     current_stream(device)),
+               op);
+}
+
+std::tuple<Tensor, Tensor> paged_decode_attention(Tensor q, Tensor k_cache, Tensor v_cache,
+                                                  Tensor page_table, Tensor seq_lens,
+                                                  double scale, int64_t window, double soft_cap) {
+  const char* op = "paged_decode_attention";
+  const int32_t device = q.get_device_index();
+  check_on(q, device, "paged_decode_attention: q");
+  check_caches(k_cache, v_cache, device, op);
+  check_on(page_table, device, "paged_decode_attention: page_table");
+  check_on(seq_lens, device, "paged_decode_attention: seq_lens");
+  const Dtype dtype = attention_dtype(q, op);
+  KERNELS_CHECK(k_cache.scalar_type() == q.scalar_type(), op, ": the caches must have q's dtype");
+  KERNELS_CHECK(q.dim() == 3 && q.is_contiguous(), op, ": q must be contiguous [batch, heads, head_dim]");
+  const int64_t batch = q.size(0), heads = q.size(1), head_dim = q.size(2);
+  const int64_t page_size = k_cache.size(1), kv_heads = k_cache.size(2);
+  KERNELS_CHECK(k_cache.size(3) == head_dim && (head_dim == 64 || head_dim == 128 || head_dim == 256),
+                op, ": head_dim must be 64, 128 or 256, the same in q and the caches");
+  KERNELS_CHECK(page_size >= 1 && page_size <= 256, op, ": page_size must be in [1, 256]");
+  KERNELS_CHECK(kv_heads >= 1 && heads >= kv_heads && heads % kv_heads == 0 && heads <= 65535, op,
+                ": num_heads must be a multiple of num_kv_heads");
+  KERNELS_CHECK(page_table.scalar_type() == ScalarType::Int && page_table.dim() == 2 &&
+                    page_table.size(0) == batch && page_table.is_contiguous(),
+                op, ": page_table must be contiguous int32 [batch, max_pages]");
+  KERNELS_CHECK(seq_lens.scalar_type() == ScalarType::Int && seq_lens.dim() == 1 &&
+                    seq_lens.size(0) == batch && seq_lens.is_contiguous(),
+                op, ": seq_lens must be contiguous int32 [batch]");
+  const int64_t max_pages = page_table.size(1);
+  KERNELS_CHECK(max_pages * page_size <= kIntMax && batch <= kIntMax, op, ": too many tokens");
+  KERNELS_CHECK(window == -1 || (window >= 1 && window <= kIntMax), op,
+                ": window must be -1 or positive");
+  for (const Tensor* t : {&q, &k_cache, &v_cache})
+    KERNELS_CHECK(reinterpret_cast<uintptr_t>(t->const_data_ptr()) % 16 == 0, op,
+                  ": q, k_cache and v_cache must be 16-byte aligned");
+  Tensor out = torch::stable::new_empty(q, {batch, heads, head_dim});
+  Tensor lse = torch::stable::new_empty(q, {batch, heads}, ScalarType::Float);
+  if (batch == 0) return std::make_tuple(out, lse);
+  const DecodeShape shape{batch,
+                          static_cast<int>(heads),
+                          static_cast<int>(kv_heads),
+                          static_cast<int>(head_dim),
+                          static_cast<int>(page_size),
+                          static_cast<int>(max_pages),
+                          k_cache.size(0)};
+  const DeviceGuard guard(device);
+  const int window_i = static_cast<int>(window);
+  const int splits = max_pages == 0 ? 1 : paged_decode_splits(shape, window_i, device);
+  // The split partials come from torch's caching allocator (stream-ordered, graph-capture safe).
+  float* part_out = nullptr;
+  float* part_lse = nullptr;
+  Tensor ws_out = lse, ws_lse = lse;
+  if (splits > 1) {
+    ws_out = torch::stable::new_empty(q, {batch, splits, heads, head_dim}, ScalarType::Float);
+    ws_lse = torch::stable::new_empty(q, {batch, splits, heads}, ScalarType::Float);
+    part_out = static_cast<float*>(ws_out.mutable_data_ptr());
+    part_lse = static_cast<float*>(ws_lse.mutable_data_ptr());
+  }
+  check_launch(launch_paged_decode(out.mutable_data_ptr(), static_cast<float*>(lse.mutable_data_ptr()),
+                                   part_out, part_lse, q.const_data_ptr(), k_cache.const_data_ptr(),
+                                   v_cache.const_data_ptr(),
+                                   static_cast<const int32_t*>(page_table.const_data_ptr()),
+                                   static_cast<const int32_t*>(seq_lens.const_data_ptr()), shape,
+                                   splits, static_cast<float>(scale), window_i,
+                                   static_cast<float>(soft_cap), dtype, current_stream(device)),
+               op);
+  return std::make_tuple(out, lse);
+}
+
+std::tuple<Tensor, Tensor> merge_attention_states(Tensor v_a, Tensor lse_a, Tensor v_b,
+                                                  Tensor lse_b) {
+  const char* op = "merge_attention_states";
+  const int32_t device = v_a.get_device_index();
+  for (const Tensor* t : {&v_a, &lse_a, &v_b, &lse_b}) check_on(*t, device, op);
+  const Dtype dtype = dtype_of(v_a, op);
+  KERNELS_CHECK(v_a.dim() == 3 && v_a.is_contiguous() && v_b.dim() == 3 && v_b.is_contiguous() &&
+                    v_b.scalar_type() == v_a.scalar_type(),
+                op, ": v_a and v_b must be contiguous [tokens, heads, dim] of one dtype");
+  const int64_t tokens = v_a.size(0), heads = v_a.size(1), dim = v_a.size(2);
+  KERNELS_CHECK(v_b.size(0) == tokens && v_b.size(1) == heads && v_b.size(2) == dim, op,
+                ": v_b must have v_a's shape");
+  for (const Tensor* t : {&lse_a, &lse_b})
+    KERNELS_CHECK(t->scalar_type() == ScalarType::Float && t->dim() == 2 && t->size(0) == tokens &&
+                      t->size(1) == heads && t->is_contiguous(),
+                  op, ": lse_a and lse_b must be contiguous float32 [tokens, heads]");
+  Tensor v = torch::stable::new_empty(v_a, {tokens, heads, dim});
+  Tensor lse = torch::stable::new_empty(lse_a, {tokens, heads});
+  if (tokens * heads == 0) return std::make_tuple(v, lse);
+  const DeviceGuard guard(device);
+  check_launch(launch_merge_attention_states(
+                   v.mutable_data_ptr(), static_cast<float*>(lse.mutable_data_ptr()),
+                   v_a.const_data_ptr(), static_cast<const float*>(lse_a.const_data_ptr()),
+                   v_b.const_data_ptr(), static_cast<const float*>(lse_b.const_data_ptr()),
+                   tokens * heads, dim, dtype, current_stream(device)),
+               op);
+  return std::make_tuple(v, lse);
+}
+
 }  // namespace
 }  // namespace kernels::cuda
 
@@ -176,4 +330,8 @@ STABLE_TORCH_LIBRARY_IMPL(kernels, CUDA, m) {
   m.impl("rotary_embedding_", TORCH_BOX(&kernels::cuda::rotary_embedding_));
   m.impl("silu_and_mul", TORCH_BOX(&kernels::cuda::silu_and_mul));
   m.impl("gelu_and_mul", TORCH_BOX(&kernels::cuda::gelu_and_mul));
+  m.impl("store_kv_cache", TORCH_BOX(&kernels::cuda::store_kv_cache));
+  m.impl("paged_decode_attention", TORCH_BOX(&kernels::cuda::paged_decode_attention));
+  m.impl("merge_attention_states", TORCH_BOX(&kernels::cuda::merge_attention_states));
+  // paged_prefill_attention has no CUDA kernel here: the registry takes the Triton backend.
 }

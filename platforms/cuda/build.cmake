@@ -10,6 +10,8 @@ target_sources(kernels_C PRIVATE
   "${_kernels_cuda_dir}/bindings.cpp"
   "${_kernels_cuda_dir}/current_stream.cpp"
   "${_kernels_cuda_dir}/activation/act_and_mul.cu"
+  "${_kernels_cuda_dir}/attention/kv_cache.cu"
+  "${_kernels_cuda_dir}/attention/paged_decode.cu"
   "${_kernels_cuda_dir}/norm/rms_norm.cu"
   "${_kernels_cuda_dir}/norm/fused_add_rms_norm.cu"
   "${_kernels_cuda_dir}/rotary/rotary_embedding.cu")

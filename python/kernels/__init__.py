@@ -8,6 +8,7 @@ from importlib.metadata import PackageNotFoundError, version
 
 from . import composite, native, triton  # noqa: F401  (each registers its implementations)
 from .ops.activation import gelu_and_mul, silu_and_mul
+from .ops.attention import merge_attention_states, paged_decode_attention, paged_prefill_attention, store_kv_cache
 from .ops.norm import fused_add_rms_norm_, rms_norm
 from .ops.rope import rotary_embedding_
 from .reference import registration as _reference_registration  # noqa: F401
@@ -28,6 +29,10 @@ __all__ = [
     "rotary_embedding_",
     "silu_and_mul",
     "gelu_and_mul",
+    "store_kv_cache",
+    "paged_decode_attention",
+    "paged_prefill_attention",
+    "merge_attention_states",
     "backend",
     "BackendUnavailableError",
     "__version__",

@@ -181,3 +181,145 @@ def test_liger_binding_follows_the_signature_found():
     assert torch.equal(call(x, w, 0.5), torch.full((2, 4), 3.5))
     with pytest.raises(peers.PeerUnavailable, match="group_size"):
         peers._bind_positional(_FakeNeedsMore, ("x", "w", "eps"), {})
+
+
+# ---------------------------------------------------------------------------------------------
+# Paged attention
+
+
+@pytest.fixture
+def _one_thread():
+    # On a shared 2-core machine two OpenMP threads contend with other processes and tiny ops
+    # slow down 100x; one thread keeps these smoke runs short (their numbers are not checked).
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _check_attention_file(path, op, ceiling, shapes, variants, peer_names):
+    doc = json.loads(path.read_text())
+    assert set(doc) == TOP_KEYS and doc["name"] == op
+    assert doc["command"].startswith(f"kernels bench {op} ") and "--backends reference" in doc["command"]
+    assert set(doc["ceilings"]) == {"copy_gbps", "read_gbps"}
+    spec = specs.SPECS[op]
+    seen = set()
+    for r in doc["results"]:
+        assert set(r) == RECORD_KEYS
+        assert r["op"] == op and r["backend"] == "reference" and r["dtype"] == "bfloat16"
+        assert r["ceiling"] == ceiling
+        seen.add((r["variant"], r["shape"]))
+        dims = spec.parse_shape(r["shape"])
+        us = r["median_us"]
+        assert r["gbps"] == pytest.approx(spec.bytes_moved(dims, torch.bfloat16, r["variant"]) / us / 1e3, rel=2e-3)
+        assert r["tflops"] == pytest.approx(spec.flops(dims, torch.bfloat16, r["variant"]) / us / 1e6, rel=2e-3)
+        if ceiling in doc["ceilings"]:
+            assert r["fraction"] == pytest.approx(r["gbps"] / doc["ceilings"][ceiling], rel=2e-2)
+        else:
+            assert r["fraction"] is None  # bf16_tflops is measured on GPUs only
+        assert set(r["peers"]) == set(peer_names)
+        if r["peers"]:
+            assert r["vs_peer"] == pytest.approx(min(r["peers"].values()) / us, rel=1e-2)
+    assert seen == {(v, s) for v in variants for s in shapes}
+    return doc
+
+
+def test_bench_paged_decode_smoke(tmp_path, capsys, _one_thread):
+    code = bench(
+        ["paged_decode_attention", "--shapes", "2x64x4x2x64x16", "1x100x4x1x64x8", "--backends", "reference",
+         "--peers", "sdpa", "--reps", "2", "--json", str(tmp_path)]
+    )  # fmt: skip
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "ceiling read_gbps" in out and "TFLOP/s" in out and "sdpa us" in out
+    _check_attention_file(
+        tmp_path / "paged_decode_attention.json", "paged_decode_attention", "read_gbps",
+        ["2x64x4x2x64x16", "1x100x4x1x64x8"], [""], ["sdpa"],
+    )  # fmt: skip
+
+
+def test_bench_paged_prefill_smoke(tmp_path, capsys, _one_thread):
+    # one sequence over a cached prefix (SDPA with a bottom-right causal mask) and a ragged batch
+    code = bench(
+        ["paged_prefill_attention", "--shapes", "64x96x4x2x64", "--variants", ",ragged2", "--backends", "reference",
+         "--peers", "sdpa", "--reps", "2", "--json", str(tmp_path / "p.json")]
+    )  # fmt: skip
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "bf16_tflops = not measured" in out
+    doc = _check_attention_file(
+        tmp_path / "p.json", "paged_prefill_attention", "bf16_tflops", ["64x96x4x2x64"], ["", "ragged2"], ["sdpa"]
+    )
+    assert "--variants ,ragged2" in doc["command"]
+
+
+def test_bench_store_and_merge_smoke(tmp_path, capsys, _one_thread):
+    code = bench(
+        ["store_kv_cache", "--shapes", "40x2x64", "--backends", "reference", "--peers", "torch_eager", "--reps", "2",
+         "--json", str(tmp_path / "s.json")]
+    )  # fmt: skip
+    assert code == 0, capsys.readouterr().out
+    code = bench(
+        ["merge_attention_states", "--shapes", "8x4x64", "--backends", "reference", "--peers", "torch_eager",
+         "--reps", "2", "--json", str(tmp_path / "m.json")]
+    )  # fmt: skip
+    assert code == 0, capsys.readouterr().out
+    for name, op in (("s.json", "store_kv_cache"), ("m.json", "merge_attention_states")):
+        doc = json.loads((tmp_path / name).read_text())
+        (r,) = doc["results"]
+        assert r["op"] == op and r["ceiling"] == "copy_gbps" and r["tflops"] is None
+        assert set(r["peers"]) == {"torch_eager"} and r["vs_peer"] > 0
+
+
+def test_attention_bytes_and_flops():
+    bf16 = torch.bfloat16
+    decode = specs.SPECS["paged_decode_attention"]
+    dims = decode.parse_shape("128x32768x32x8x128x16")
+    assert decode.bytes_moved(dims, bf16) == 2 * 128 * 32768 * 8 * 128 * 2 + 2 * 128 * 32 * 128 * 2
+    assert decode.flops(dims, bf16) == 4 * 128 * 32 * 32768 * 128
+    assert decode.flops(dims, bf16, "window4096") == 4 * 128 * 32 * 4096 * 128
+    prefill = specs.SPECS["paged_prefill_attention"]
+    single = prefill.parse_shape("8192x8192x32x8x128")
+    assert prefill.flops(single, bf16) == 4 * 32 * 128 * (8192 * 8193 // 2)  # causal: half the square
+    assert prefill.flops(single, bf16, "noncausal") == 4 * 32 * 128 * 8192 * 8192
+    ragged = prefill.parse_shape("8192x4096x32x8x128")
+    assert prefill.flops(ragged, bf16, "ragged8") == 4 * 32 * 128 * 8 * (1024 * 3072 + 1024 * 1025 // 2)
+    assert prefill.bytes_moved(ragged, bf16, "ragged8") == 2 * 8192 * 32 * 128 * 2 + 2 * 8 * 4096 * 8 * 128 * 2
+    assert specs.SPECS["store_kv_cache"].bytes_moved((16, 8, 128), bf16) == 4 * 16 * 8 * 128 * 2 + 16 * 8
+    assert specs.SPECS["merge_attention_states"].bytes_moved((16, 32, 128), bf16) == 3 * 16 * 32 * 128 * 2 + 3 * 16 * 32 * 4
+
+
+def test_attention_defaults_and_inputs():
+    decode = specs.SPECS["paged_decode_attention"]
+    gpu = decode.shapes_for("cuda")
+    assert len(gpu) == 24 and "128x32768x32x8x128x16" in gpu and "1x1024x32x8x128x64" in gpu
+    assert decode.shapes_for("cpu") == ("1x2048x9x3x64x16", "16x2048x9x3x64x16")
+    prefill = specs.SPECS["paged_prefill_attention"]
+    assert prefill.cases_for("cuda") == (("", "8192x8192x32x8x128"), ("ragged8", "8192x4096x32x8x128"))
+    # reference is never one of our default rows: it loops over sequences in Python
+    from kernels.bench import runner
+
+    assert "reference" not in runner.OUR_BACKENDS
+    gen = torch.Generator().manual_seed(0)
+    q, kc, vc, table, lens, window, cap = decode.make_inputs((3, 40, 4, 2, 64, 16), torch.float32, "cpu", "", gen)
+    assert kc.shape == (9, 16, 2, 64) and table.dtype == torch.int32 and table.shape == (3, 3)
+    assert sorted(table.flatten().tolist()) == list(range(9)) and lens.tolist() == [40] * 3
+    assert (window, cap) == (None, None)
+    args = prefill.make_inputs((8, 12, 4, 2, 64), torch.float32, "cpu", "ragged2+window5", gen)
+    assert args[4].tolist() == [0, 4, 8] and args[5].tolist() == [12, 12] and args[6:] == (True, 5, None)
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["paged_decode_attention", "--shapes", "2x64x6x4x64x16"], "multiple of KVHEADS"),
+        (["paged_decode_attention", "--shapes", "2x64x4x2x96x16"], "DIM must be one of"),
+        (["paged_decode_attention", "--variants", "ragged2"], "bad variant 'ragged2'"),
+        (["paged_prefill_attention", "--shapes", "64x32x4x2x64", "--variants", ""], "must fit in its CONTEXT"),
+        (["paged_prefill_attention", "--shapes", "63x96x4x2x64", "--variants", "ragged2"], "split evenly"),
+        (["gelu_and_mul", "--variants", "sigmoid"], "bad variant 'sigmoid'"),
+    ],
+)
+def test_bad_attention_arguments_exit_2(argv, message, capsys):
+    assert bench(argv) == 2
+    assert message in capsys.readouterr().err

@@ -24,7 +24,25 @@ def _samples(device, dtype):
     cache = torch.randn(32, 64, dtype=torch.float32, device=device)
     positions = torch.randint(0, 32, (t,), device=device)
     ops = torch.ops.kernels
-    return [
+    attention = dtype in (torch.float16, torch.bfloat16) or device == "cpu"  # fp32 attention is CPU-only
+    k_cache = torch.randn(6, 16, 2, 64, dtype=dtype, device=device)
+    v_cache = torch.randn(6, 16, 2, 64, dtype=dtype, device=device)
+    table = torch.tensor([[3, 0], [5, 1]], dtype=torch.int32, device=device)
+    lens = torch.tensor([20, 9], dtype=torch.int32, device=device)
+    indptr = torch.tensor([0, 3, 5], dtype=torch.int32, device=device)
+    qa = torch.randn(2, 4, 64, dtype=dtype, device=device)
+    lse = torch.randn(2, 4, device=device)
+    attention_samples = [
+        (ops.store_kv_cache, (k_cache[0, :3].clone(), v_cache[0, :3].clone(), k_cache.clone(), v_cache.clone(),
+                              torch.tensor([17, -1, 40], device=device))),
+        (ops.paged_decode_attention, (qa, k_cache, v_cache, table, lens, 0.125, -1, 0.0)),
+        (ops.paged_decode_attention, (qa, k_cache, v_cache, table, lens, 0.125, 8, 30.0)),
+        (ops.merge_attention_states, (qa, lse, qa * 2, lse - 1)),
+    ]
+    if device == "cpu":  # no CUDA prefill kernel yet
+        q5 = torch.randn(5, 4, 64, dtype=dtype, device=device)
+        attention_samples.append((ops.paged_prefill_attention, (q5, k_cache, v_cache, table, indptr, lens, 0.125, True, -1, 0.0)))
+    return (attention_samples if attention else []) + [
         (ops.rms_norm, (x, w, 1e-6)),
         (ops.rms_norm, (torch.randn(0, h, dtype=dtype, device=device), w, 1e-6)),
         (ops.fused_add_rms_norm_, (x.clone(), x.clone() * 2, w, 1e-6)),

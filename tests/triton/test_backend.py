@@ -14,7 +14,10 @@ import kernels
 from kernels import registry
 
 PYTHON_DIR = Path(__file__).resolve().parents[2] / "python"
-OPS = ["rms_norm", "fused_add_rms_norm_", "rotary_embedding_", "silu_and_mul", "gelu_and_mul"]
+OPS = [
+    "rms_norm", "fused_add_rms_norm_", "rotary_embedding_", "silu_and_mul", "gelu_and_mul",
+    "store_kv_cache", "paged_decode_attention", "paged_prefill_attention", "merge_attention_states",
+]
 
 
 def _run(code: str, **env_changes) -> subprocess.CompletedProcess:

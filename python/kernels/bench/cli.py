@@ -23,13 +23,18 @@ kernels.<op> function) against its peers, in one run on this machine:
   torch_eager    the torch composite of the op (what model code writes by hand)
   torch_compile  torch.compile of that composite, compiled and warmed up before timing
   liger          Liger-Kernel's Triton kernel, when liger_kernel is installed (GPU only)
+  sdpa           attention ops, CPU: torch's scaled_dot_product_attention on contiguous K/V
+  sdpa_cudnn     attention ops, GPU: the same restricted to cuDNN attention
+  sdpa_flash     attention ops, GPU: the same restricted to flash attention
+  triton         attention ops, GPU: our Triton backend (also one of our rows)
 
 Every implementation is first checked against the float32 reference; one that is wrong is
 printed as FAILED and not timed. Each row gives the median time per call, the bandwidth achieved
-(bytes moved: each tensor read once plus each tensor written once) and its fraction of the
-ceiling copy_gbps (a large dst.copy_(src), measured at the start of the same run; read_gbps and
-on GPU bf16/fp8 matmul peaks are measured too). vs_peer = fastest peer's time / ours: above 1
-means we are faster.
+(bytes moved: each tensor read once plus each tensor written once) and its fraction of the op's
+ceiling, measured at the start of the same run: copy_gbps (a large dst.copy_(src)) for the
+elementwise ops, read_gbps (a large sum) for paged decode, bf16_tflops (an 8192^3 matmul, GPU
+only) for paged prefill, whose rows also give TFLOP/s. vs_peer = fastest peer's time / ours:
+above 1 means we are faster.
 
 Timing: GPU: CUDA graphs of back-to-back calls over input sets larger than twice the L2 cache,
 replays timed with CUDA events. CPU: wall-clock medians over input sets larger than the
@@ -37,14 +42,21 @@ last-level cache, with torch's current thread count.
 """
 
 EPILOG = """\
-shapes: TOKENSxHIDDEN for every op here (HIDDEN is d, the output width, for silu/gelu_and_mul;
-num_heads*128 of q for rotary_embedding_, with Llama-3-8B's 4 query heads per KV head).
+shapes: TOKENSxHIDDEN for the elementwise ops (HIDDEN is d, the output width, for
+silu/gelu_and_mul; num_heads*128 of q for rotary_embedding_, with Llama-3-8B's 4 query heads per
+KV head); BATCHxCONTEXTxHEADSxKVHEADSxDIMxPAGE for paged_decode_attention;
+TOKENSxCONTEXTxHEADSxKVHEADSxDIM (pages of 16) for paged_prefill_attention; TOKENSxKVHEADSxDIM for
+store_kv_cache; TOKENSxHEADSxDIM for merge_attention_states.
+variants: gelu_and_mul none,tanh; rotary_embedding_ neox; attention: '' or +-joined parts
+raggedN (prefill: N sequences of equal lengths), noncausal (prefill), windowW, softcapC.
 
 examples:
   kernels bench rms_norm
   kernels bench silu_and_mul --shapes 1x14336 4096x14336 --dtype float16
   kernels bench all --json benchmarks/results/h100/ --plot benchmarks/results/h100/
   kernels bench rms_norm --backends reference --shapes 4x256   # smoke run without a build
+  kernels bench paged_decode_attention --shapes 64x4096x32x8x128x16 --variants '',window1024
+  kernels bench paged_prefill_attention --backends reference --shapes 64x96x4x2x64 --variants ragged2
 """
 
 
@@ -65,6 +77,11 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument(
         "--shapes", nargs="+", metavar="S", help="shapes like 128x4096 (default: the shapes users run, per device)"
     )
+    p.add_argument(
+        "--variants",
+        metavar="LIST",
+        help="comma-separated variants to run with every shape (default: the op's own; '' is the plain op)",
+    )
     p.add_argument("--dtype", choices=tuple(DTYPES), help="element type (default bfloat16)")
     p.add_argument(
         "--backends",
@@ -75,8 +92,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument(
         "--peers",
         metavar="LIST",
-        help=f"comma-separated peers to time (default all that run here: {','.join(PEER_NAMES)}); "
-        "torch_eager is always kept",
+        help=f"comma-separated peers to time (default all of the op's that run here; known: {','.join(PEER_NAMES)}); "
+        "torch_eager is always kept where the op has one",
     )
     p.add_argument("--device", choices=("cuda", "cpu"), help="default: cuda when available, else cpu")
     p.add_argument(
@@ -125,23 +142,18 @@ def _options(args) -> tuple[runner.Options, str]:
         raise UsageError(f"--reps must be at least 1, got {args.reps}")
 
     requested = [s for text in args.shapes for s in text.split(",") if s] if args.shapes else None
-    shapes: dict[str, list[tuple[str, tuple[int, ...]]]] = {}
+    wanted_variants = None
+    if getattr(args, "variants", None) is not None:
+        wanted_variants = [v.strip().strip("'\"") for v in args.variants.split(",")]
+    cases: dict[str, list[tuple[str, str, tuple[int, ...]]]] = {}
     for op in ops:
-        spec = SPECS[op]
-        chosen = []
-        for text in requested or spec.shapes_for(device_type):
-            try:
-                dims = spec.parse_shape(text.strip())
-            except ShapeError as e:
-                raise UsageError(str(e)) from None
-            canonical = "x".join(str(d) for d in dims)
-            if canonical not in [c for c, _ in chosen]:
-                chosen.append((canonical, dims))
-        shapes[op] = chosen
+        cases[op] = _cases(SPECS[op], device_type, requested, wanted_variants)
 
     parts = ["kernels", "bench", ops[0] if len(ops) == 1 else "all"]
     if requested:
-        parts += ["--shapes", *[c for c, _ in shapes[ops[0]]]]
+        parts += ["--shapes", *dict.fromkeys(c for _, c, _ in cases[ops[0]])]
+    if wanted_variants is not None:
+        parts += ["--variants", ",".join(dict.fromkeys(v for v, _, _ in cases[ops[0]]))]
     parts += ["--dtype", dtype_name]
     if args.backends is not None:
         parts += ["--backends", ",".join(backends)]
@@ -156,7 +168,7 @@ def _options(args) -> tuple[runner.Options, str]:
         parts += ["--plot", args.plot]
     options = runner.Options(
         ops=ops,
-        shapes=shapes,
+        cases=cases,
         dtype=DTYPES[dtype_name],
         backends=backends,
         device=device,
@@ -164,6 +176,33 @@ def _options(args) -> tuple[runner.Options, str]:
         peers=tuple(peers),
     )
     return options, shlex.join(parts)
+
+
+def _cases(spec, device_type: str, shapes: list[str] | None, variants: list[str] | None):
+    """[(variant, canonical shape, dims)] of one op: its default cases, or every given variant
+    (default: the op's) with every given shape (default: the op's). A pair the op cannot run is
+    an error when both were given, else left out (one op's default variants with another's shapes)."""
+    try:
+        if shapes is None and variants is None:
+            pairs = list(spec.cases_for(device_type))
+        else:
+            vs = [spec.parse_variant(v) for v in variants] if variants is not None else list(spec.variants)
+            pairs = [(v, s) for v in dict.fromkeys(vs) for s in (shapes or spec.shapes_for(device_type))]
+        chosen, reasons = [], []
+        for variant, text in pairs:
+            dims = spec.parse_shape(text.strip())
+            canonical = "x".join(str(d) for d in dims)
+            why = spec.check_case(variant, dims)
+            if why is not None:
+                reasons.append(f"{spec.name} {canonical}{' ' + variant if variant else ''}: {why}")
+                continue
+            if (variant, canonical) not in [(v, c) for v, c, _ in chosen]:
+                chosen.append((variant, canonical, dims))
+    except ShapeError as e:
+        raise UsageError(str(e)) from None
+    if reasons and (not chosen or (shapes is not None and variants is not None)):
+        raise UsageError(reasons[0])
+    return chosen
 
 
 def run(args) -> int:

@@ -7,6 +7,11 @@
 - ``liger``: Liger-Kernel's Triton kernels when ``liger_kernel`` is importable (NVIDIA only; it has
   no CPU kernels). Its functions are bound by inspecting the signature found at run time, and a
   peer that cannot be imported or called is skipped with a printed note, never faked.
+- Attention (``peers_attention``): ``sdpa`` (CPU: torch's default SDPA), ``sdpa_cudnn`` and
+  ``sdpa_flash`` (GPU: SDPA restricted to one backend) on the same data laid out contiguously, and
+  ``triton`` (our own Triton backend, forced through ``kernels.backend("triton")``).
+
+Which peers an op has, per device, is the spec's ``peers_for_device``.
 
 A peer takes the same input set as our backends; ``prepare`` turns it into the peer's own layout
 (outside timing) and ``outputs`` extracts what to compare with the reference.
@@ -14,6 +19,7 @@ A peer takes the same input set as our backends; ``prepare`` turns it into the p
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.util
 import inspect
@@ -33,6 +39,8 @@ class Peer:
     prepare: Callable[[tuple], tuple] = field(default=lambda args: args)
     # (peer args, peer result) -> tensors in the order of OpSpec.outputs
     outputs: Callable[[tuple, object], list[torch.Tensor]] | None = None
+    # entered around the check, warm-up, capture and timing of this peer (an SDPA backend, ...)
+    context: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext
 
 
 class PeerUnavailable(RuntimeError):
@@ -40,12 +48,17 @@ class PeerUnavailable(RuntimeError):
 
 
 def torch_eager(spec: OpSpec) -> Peer:
+    if spec.composite is None:
+        raise PeerUnavailable(f"{spec.name} has no torch composite")
     return Peer("torch_eager", spec.composite, outputs=spec.outputs)
 
 
 def torch_compile(spec: OpSpec) -> Peer:
     """A fresh compile of the composite (compiled lazily by the first, untimed, call)."""
     import torch._dynamo
+
+    if spec.composite is None:
+        raise PeerUnavailable(f"{spec.name} has no torch composite")
 
     # Every shape gets its own compile: a fresh cache keeps dynamo from switching to dynamic
     # shapes or hitting its recompile limit after a few shapes.
@@ -177,19 +190,35 @@ def liger(spec: OpSpec, variant: str, device: torch.device) -> Peer:
     return make(spec, variant)
 
 
-PEER_NAMES = ("torch_eager", "torch_compile", "liger")
+PEER_NAMES = ("torch_eager", "torch_compile", "liger", "sdpa", "sdpa_cudnn", "sdpa_flash", "triton")
 
 
-def peers_for(spec: OpSpec, variant: str, device: torch.device, notes: list[str], wanted=PEER_NAMES) -> list[Peer]:
-    """The peers of one (op, variant) on ``device`` among ``wanted``; why one is missing goes to ``notes``."""
+def peers_for(
+    spec: OpSpec, variant: str, device: torch.device, notes: list[str], wanted=PEER_NAMES, args: tuple | None = None
+) -> list[Peer]:
+    """The peers of one (op, variant) on ``device`` among ``wanted``; why one is missing goes to ``notes``.
+
+    ``args`` is an input set of the case (the attention peers look at its sizes and probe the
+    SDPA backends with small tensors of the same heads and dtype).
+    """
+    from . import peers_attention
+
     found = []
-    if "torch_eager" in wanted:
-        found.append(torch_eager(spec))
-    if "torch_compile" in wanted:
-        found.append(torch_compile(spec))
-    if "liger" in wanted and (liger_installed() or device.type == "cuda"):
+    what = spec.name + ("/" + variant if variant else "")
+    for name in spec.peers_for_device(device.type):
+        if name not in wanted:
+            continue
+        if name == "liger" and not (liger_installed() or device.type == "cuda"):
+            continue  # not installed on a CPU machine: nothing to say
         try:
-            found.append(liger(spec, variant, device))
+            if name == "torch_eager":
+                found.append(torch_eager(spec))
+            elif name == "torch_compile":
+                found.append(torch_compile(spec))
+            elif name == "liger":
+                found.append(liger(spec, variant, device))
+            else:
+                found.append(peers_attention.make(name, spec, variant, device, args, notes))
         except PeerUnavailable as e:
-            notes.append(f"peer liger skipped for {spec.name}{'/' + variant if variant else ''}: {e}")
+            notes.append(f"peer {name} skipped for {what}: {e}")
     return found

@@ -101,20 +101,24 @@ def format_table(op: str, outcome: Outcome, device: torch.device) -> str:
     where = device_name(device)
     if device.type == "cpu":
         where += f", {torch.get_num_threads()} threads"
-    lines = [f"{op} on {where};  ceiling {ceiling_name} = {_num(ceiling, 1)} GB/s"]
+    unit = "TFLOP/s" if ceiling_name.endswith("_tflops") else "GB/s"
+    shown = "not measured on this device" if ceiling is None else f"{_num(ceiling, 1)} {unit}"
+    lines = [f"{op} on {where};  ceiling {ceiling_name} = {shown}"]
     with_variant = any(r["variant"] for r in records) or any(f.variant for f in failures)
-    header = ["backend"] + (["variant"] if with_variant else []) + ["shape", "dtype", "median us", "GB/s", "fraction"]
+    with_flops = any(r.get("tflops") is not None for r in records)
+    header = ["backend"] + (["variant"] if with_variant else []) + ["shape", "dtype", "median us", "GB/s"]
+    header += (["TFLOP/s"] if with_flops else []) + ["fraction"]
     header += [f"{p} us" for p in peers] + ["vs_peer"]
     rows = []
     for r in records:
         row = [r["backend"]] + ([r["variant"]] if with_variant else []) + [r["shape"], r["dtype"], _us(r["median_us"])]
-        row += [_g(r["gbps"], 4), _g(r["fraction"], 3)]
+        row += [_g(r["gbps"], 4)] + ([_g(r.get("tflops"), 4)] if with_flops else []) + [_g(r["fraction"], 3)]
         row += [_us(r["peers"].get(p)) for p in peers]
         row += [_g(r["vs_peer"], 3)]
         rows.append(row)
     for f in failures:
         row = [f.backend] + ([f.variant] if with_variant else []) + [f.shape, f.dtype, "FAILED"]
-        row += ["-", "-"] + ["-" for _ in peers] + ["-"]
+        row += ["-"] * (3 if with_flops else 2) + ["-" for _ in peers] + ["-"]
         rows.append(row)
     if not rows:
         lines.append("  (no results)")

@@ -22,7 +22,7 @@ SEED = 1234
 @dataclass
 class Options:
     ops: list[str]
-    shapes: dict[str, list[tuple[str, tuple[int, ...]]]]  # op -> [(canonical shape, dims)]
+    cases: dict[str, list[tuple[str, str, tuple[int, ...]]]]  # op -> [(variant, canonical shape, dims)]
     dtype: torch.dtype
     backends: list[str]
     device: torch.device
@@ -83,7 +83,7 @@ def _our_context(spec: OpSpec, backend: str, args: tuple) -> Callable[[], contex
     call it (forcing takes a slower, uncached path through the registry, which shows on CPU).
     """
     try:
-        default = registry.select(spec.name, *args).backend
+        default = registry.select(spec.name, *spec.dispatch_args(args)).backend
     except registry.BackendUnavailableError:
         default = None
     if default == backend:
@@ -97,7 +97,7 @@ def _runnable(spec: OpSpec, backend: str, args: tuple, device: torch.device) -> 
         return "Triton runs on CPU only in its interpreter (TRITON_INTERPRET=1), which is not worth timing"
     try:
         with registry.backend(backend):
-            registry.select(spec.name, *args)
+            registry.select(spec.name, *spec.dispatch_args(args))
     except registry.BackendUnavailableError as e:
         return str(e)
     return None
@@ -120,18 +120,17 @@ def run(options: Options, log: Callable[[str], None] = print, on_op_done: Callab
         for op in options.ops:
             spec = SPECS[op]
             peer_order: list[str] = []
-            for variant in spec.variants:
-                for shape, dims in options.shapes[op]:
-                    try:
-                        _run_shape(spec, variant, shape, dims, options, timer, outcome, note, peer_order, log, dname)
-                    except Exception as e:  # one broken shape (out of memory, a harness bug) must not lose the run
-                        traceback.print_exc()
-                        detail = f"harness error: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
-                        log(f"ERROR {_fmt_variant(op, variant)} {shape} {dname}: {detail} (nothing recorded)")
-                        outcome.failures.append(Failure(op, "-", variant, shape, dname, detail))
-                        if device.type == "cuda":
-                            torch.cuda.synchronize(device)
-                            torch.cuda.empty_cache()
+            for variant, shape, dims in options.cases[op]:
+                try:
+                    _run_shape(spec, variant, shape, dims, options, timer, outcome, note, peer_order, log, dname)
+                except Exception as e:  # one broken shape (out of memory, a harness bug) must not lose the run
+                    traceback.print_exc()
+                    detail = f"harness error: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+                    log(f"ERROR {_fmt_variant(op, variant)} {shape} {dname}: {detail} (nothing recorded)")
+                    outcome.failures.append(Failure(op, "-", variant, shape, dname, detail))
+                    if device.type == "cuda":
+                        torch.cuda.synchronize(device)
+                        torch.cuda.empty_cache()
             outcome.peer_names[op] = peer_order
             outcome.timing = timer.describe()
             if on_op_done is not None:
@@ -166,11 +165,17 @@ def _run_shape(spec, variant, shape, dims, options, timer, outcome, note, peer_o
         note(f"{what}: none of the backends {', '.join(options.backends)} ran, nothing to time")
         return
 
-    # Peers, each checked too: a peer that computes something else is not a peer.
+    # Peers, each checked too: a peer that computes something else is not a peer. A peer that is
+    # also one of our rows (our Triton backend, for attention) is checked and timed once, as ours.
     peer_list = []
+    aliases: list[str] = []  # peers whose time is that of our row of the same name
     notes: list[str] = []
-    for peer in _peers.peers_for(spec, variant, device, notes, options.peers):
-        ok, detail = correctness.check(spec, check_args, peer.fn, peer.prepare, peer.outputs)
+    ours_names = [b for b, _ in ours]
+    for peer in _peers.peers_for(spec, variant, device, notes, options.peers, args=check_args):
+        if peer.name in ours_names:
+            aliases.append(peer.name)
+            continue
+        ok, detail = correctness.check(spec, check_args, peer.fn, peer.prepare, peer.outputs, peer.context)
         if ok:
             peer_list.append(peer)
         else:
@@ -178,10 +183,14 @@ def _run_shape(spec, variant, shape, dims, options, timer, outcome, note, peer_o
     for text in notes:
         note(text)
     del check_args
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
 
     # Input sets, rotated past the cache; in-place ops get them restored before each callable.
-    nbytes = spec.bytes_moved(dims, dtype)
-    sets = [spec.make_inputs(dims, dtype, device, variant, gen) for _ in range(timer.num_sets(nbytes))]
+    # One set alone far larger than the cache streams from DRAM already: it is timed on its own.
+    nbytes = spec.bytes_moved(dims, dtype, variant)
+    alone = spec.single_set_over_cache is not None and nbytes > spec.single_set_over_cache * timer.cache_bytes
+    sets = [spec.make_inputs(dims, dtype, device, variant, gen) for _ in range(1 if alone else timer.num_sets(nbytes))]
     mutated = [spec.outputs(s, None) for s in sets] if spec.inplace else []
     pristine = [[clone_tensor(t) for t in ts] for ts in mutated]
 
@@ -191,7 +200,7 @@ def _run_shape(spec, variant, shape, dims, options, timer, outcome, note, peer_o
                 t.copy_(c)
 
     items = [Timed(f"ours:{b}", spec.public, sets, context) for b, context in ours]
-    items += [Timed(p.name, p.fn, [p.prepare(s) for s in sets]) for p in peer_list]
+    items += [Timed(p.name, p.fn, [p.prepare(s) for s in sets], p.context) for p in peer_list]
     times: dict[str, float] = {}
     while items:
         try:
@@ -212,20 +221,29 @@ def _run_shape(spec, variant, shape, dims, options, timer, outcome, note, peer_o
         torch.cuda.empty_cache()
 
     peer_times = {p.name: times[p.name] for p in peer_list if p.name in times}
+    for name in aliases:
+        if f"ours:{name}" in times:
+            peer_times[name] = times[f"ours:{name}"]
     for name in peer_times:
         if name not in peer_order:
             peer_order.append(name)
     ceiling = outcome.ceilings.get(spec.ceiling)
+    flops = spec.flops(dims, dtype, variant)
+    compute_bound = spec.ceiling.endswith("_tflops")
     for backend, _ in ours:
         us = times.get(f"ours:{backend}")
         if us is None:
             continue
         gbps = nbytes / us / 1e3
-        if ceiling and gbps > ceiling:
+        tflops = flops / us / 1e6 if flops is not None else None
+        achieved = tflops if compute_bound else gbps
+        unit = "TFLOP/s" if compute_bound else "GB/s"
+        if ceiling and achieved is not None and achieved > ceiling:
             note(
-                f"{spec.name}: {backend} {shape} ran above the measured {spec.ceiling} ({gbps:.1f} > {ceiling}): "
-                "the ceiling run was disturbed (a busy machine?) or the inputs stayed in a cache"
+                f"{spec.name}: {backend} {shape} ran above the measured {spec.ceiling} ({achieved:.1f} > {ceiling} "
+                f"{unit}): the ceiling run was disturbed (a busy machine?) or the inputs stayed in a cache"
             )
+        others = {k: v for k, v in peer_times.items() if k != backend}  # our Triton row is no peer of itself
         outcome.records.append(
             {
                 "op": spec.name,
@@ -235,10 +253,10 @@ def _run_shape(spec, variant, shape, dims, options, timer, outcome, note, peer_o
                 "dtype": dname,
                 "median_us": sig(us, 4),
                 "gbps": sig(gbps, 4),
-                "tflops": spec.flops(dims, dtype),
+                "tflops": sig(tflops, 4) if tflops is not None else None,
                 "ceiling": spec.ceiling,
-                "fraction": sig(gbps / ceiling, 3) if ceiling else None,
-                "peers": {k: sig(v, 4) for k, v in peer_times.items()},
-                "vs_peer": sig(min(peer_times.values()) / us, 3) if peer_times else None,
+                "fraction": sig(achieved / ceiling, 3) if ceiling and achieved is not None else None,
+                "peers": {k: sig(v, 4) for k, v in others.items()},
+                "vs_peer": sig(min(others.values()) / us, 3) if others else None,
             }
         )

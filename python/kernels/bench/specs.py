@@ -1,12 +1,19 @@
 """Benchmark specs: for each op, the shapes users run, the bytes a call moves, and its inputs.
 
-Every op here is memory-bound, so its roofline is the device copy bandwidth (``copy_gbps``) and its
-``flops`` are ``None``. ``bytes_moved`` counts the compulsory traffic of one call: each tensor the
-op reads, once, plus each tensor it writes, once.
+The elementwise ops here are memory-bound: their roofline is the device copy bandwidth
+(``copy_gbps``) and their ``flops`` are ``None``. ``bytes_moved`` counts the compulsory traffic of
+one call: each tensor the op reads, once, plus each tensor it writes, once. The attention ops
+(``specs_attention``) also count flops: decode is bound by reading the KV cache (``read_gbps``),
+prefill by the matmul peak (``bf16_tflops``).
 
 Shape strings follow DESIGN.md: ``TOKENSxHIDDEN`` for norms, RoPE and activations, where HIDDEN is
 the normalised width for norms, the output width ``d`` for gated activations (the input is
-``[TOKENS, 2 * d]``), and ``num_heads * head_dim`` of the queries for RoPE.
+``[TOKENS, 2 * d]``), and ``num_heads * head_dim`` of the queries for RoPE; the attention ops have
+their own (``specs_attention``).
+
+A benchmark case is (variant, shape). By default every variant of an op runs with every default
+shape; an op may instead list its default cases (paged prefill: a single sequence, and a ragged
+batch whose shape is not a single sequence's).
 """
 
 from __future__ import annotations
@@ -70,6 +77,9 @@ def _norm_weight(hidden, dtype, device, gen) -> torch.Tensor:
 # The spec type
 
 
+ELEMENTWISE_PEERS = ("torch_eager", "torch_compile", "liger")
+
+
 @dataclass(frozen=True)
 class OpSpec:
     name: str
@@ -80,27 +90,76 @@ class OpSpec:
     default_shapes: dict[str, tuple[str, ...]]  # device type -> shapes
     inplace: bool
     public: Callable  # the public op (kernels.<op>), dispatching through the registry
-    composite: Callable  # the torch composite (the torch_eager peer; compiled: torch_compile)
-    reference: Callable  # float32 reference
-    _bytes: Callable[[tuple[int, ...], torch.dtype], int]
+    composite: Callable | None  # the torch composite (the torch_eager peer; compiled: torch_compile)
+    reference: Callable  # float32 reference, called with the same arguments as ``public``
+    _bytes: Callable[..., int]  # (dims, dtype[, variant]) -> bytes
     _inputs: Callable[[tuple[int, ...], torch.dtype, torch.device, str, torch.Generator], tuple]
     _outputs: Callable[[tuple, object], list[torch.Tensor]]
     _validate: Callable[[str, tuple[int, ...]], None] = lambda text, dims: None
     ceiling: str = "copy_gbps"
+    # (dims, dtype, variant) -> flops of one call; None: memory-bound, no flops reported
+    _flops: Callable[[tuple[int, ...], torch.dtype, str], int] | None = None
+    # device type -> peers compared against, in table order (names of peers.PEER_NAMES)
+    peers: dict[str, tuple[str, ...]] | None = None
+    # variant text -> canonical variant, raising ShapeError; None: one of ``variants``
+    _parse_variant: Callable[[str], str] | None = None
+    # (variant, dims) -> None when the pair is a valid case, else why not
+    _check_case: Callable[[str, tuple[int, ...]], str | None] = lambda variant, dims: None
+    # device type -> [(variant, shape)]; None: every variant with every default shape
+    default_cases: dict[str, tuple[tuple[str, str], ...]] | None = None
+    # public-op arguments -> the arguments the registry's implementations see (for registry.select)
+    _dispatch_args: Callable[[tuple], tuple] = lambda args: args
+    # A single input set larger than this many times the last-level cache / L2 is timed alone
+    # (no rotation among several: it already streams from DRAM; two would not fit in memory).
+    single_set_over_cache: float | None = None
 
     def parse_shape(self, text: str) -> tuple[int, ...]:
         dims = _parse_dims(self.name, text, self.layout)
         self._validate(text, dims)
         return dims
 
+    def parse_variant(self, text: str) -> str:
+        text = text.strip()
+        if self._parse_variant is not None:
+            return self._parse_variant(text)
+        if text not in self.variants:
+            shown = ", ".join(repr(v) for v in self.variants)
+            raise ShapeError(f"bad variant {text!r} for {self.name}: choose from {shown}")
+        return text
+
+    def check_case(self, variant: str, dims: tuple[int, ...]) -> str | None:
+        return self._check_case(variant, dims)
+
     def shapes_for(self, device_type: str) -> tuple[str, ...]:
+        if self.default_cases is not None:
+            cases = self.cases_for(device_type)
+            return tuple(dict.fromkeys(shape for _, shape in cases))
         return self.default_shapes["cuda" if device_type == "cuda" else "cpu"]
 
-    def bytes_moved(self, dims: tuple[int, ...], dtype: torch.dtype) -> int:
-        return self._bytes(dims, dtype)
+    def cases_for(self, device_type: str) -> tuple[tuple[str, str], ...]:
+        """The default (variant, shape) cases on this device, in table order."""
+        key = "cuda" if device_type == "cuda" else "cpu"
+        if self.default_cases is not None:
+            return self.default_cases[key]
+        return tuple((v, s) for v in self.variants for s in self.default_shapes[key])
 
-    def flops(self, dims: tuple[int, ...], dtype: torch.dtype) -> None:
-        return None  # memory-bound: the roofline is bandwidth
+    def peers_for_device(self, device_type: str) -> tuple[str, ...]:
+        if self.peers is None:
+            return ELEMENTWISE_PEERS
+        return self.peers["cuda" if device_type == "cuda" else "cpu"]
+
+    def bytes_moved(self, dims: tuple[int, ...], dtype: torch.dtype, variant: str = "") -> int:
+        if self._flops is None:  # the elementwise ops: bytes do not depend on the variant
+            return self._bytes(dims, dtype)
+        return self._bytes(dims, dtype, variant)
+
+    def flops(self, dims: tuple[int, ...], dtype: torch.dtype, variant: str = "") -> int | None:
+        """Flops of one call, or None for the memory-bound ops (their roofline is bandwidth)."""
+        return None if self._flops is None else self._flops(dims, dtype, variant)
+
+    def dispatch_args(self, args: tuple) -> tuple:
+        """``args`` of the public op as the registry's implementations receive them."""
+        return self._dispatch_args(args)
 
     def make_inputs(self, dims, dtype, device, variant: str, gen: torch.Generator) -> tuple:
         """Fresh random arguments of the public op, in its positional order."""
@@ -341,6 +400,11 @@ SPECS: dict[str, OpSpec] = {
         _outputs=lambda args, result: [result],
     ),
 }
+
+# The attention specs build on the helpers above (imported here, at the end, for that reason).
+from .specs_attention import ATTENTION_SPECS  # noqa: E402
+
+SPECS.update(ATTENTION_SPECS)
 
 OP_NAMES = tuple(SPECS)
 

@@ -13,6 +13,8 @@ from . import library
 from .fakes import register_fakes
 
 PLATFORMS = {"cpu": "verified", "cuda": "verified"}
+# Ops whose CUDA kernel is not written yet: the registry runs the next backend (Triton) there.
+CPU_ONLY = {"paged_prefill_attention"}
 _DISPATCH_KEYS = {"cpu": "CPU", "cuda": "CUDA"}
 
 
@@ -39,10 +41,15 @@ def _ops():
         ),
         "silu_and_mul": lambda x: kernels.silu_and_mul(x),
         "gelu_and_mul": lambda x, approximate: kernels.gelu_and_mul(x, approximate == "tanh"),
+        "store_kv_cache": lambda *args: kernels.store_kv_cache(*args),
+        "paged_decode_attention": lambda *args: kernels.paged_decode_attention(*args),
+        "paged_prefill_attention": lambda *args: kernels.paged_prefill_attention(*args),
+        "merge_attention_states": lambda *args: kernels.merge_attention_states(*args),
     }
 
 
 if library.load() is None:
     register_fakes()
 for _name, _fn in _ops().items():
-    registry.register(_name, "native", PLATFORMS, available=_availability(_name))(_fn)
+    _platforms = {"cpu": PLATFORMS["cpu"]} if _name in CPU_ONLY else PLATFORMS
+    registry.register(_name, "native", _platforms, available=_availability(_name))(_fn)

@@ -25,3 +25,19 @@ def register_fakes() -> None:
     @torch.library.register_fake("kernels::gelu_and_mul")
     def _(x, tanh):
         return x.new_empty(x.shape[0], x.shape[1] // 2)
+
+    @torch.library.register_fake("kernels::store_kv_cache")
+    def _(k, v, k_cache, v_cache, slot_mapping):
+        return None
+
+    @torch.library.register_fake("kernels::paged_decode_attention")
+    def _(q, k_cache, v_cache, page_table, seq_lens, scale, window, soft_cap):
+        return q.new_empty(q.shape), q.new_empty(q.shape[:2], dtype=torch.float32)
+
+    @torch.library.register_fake("kernels::paged_prefill_attention")
+    def _(q, k_cache, v_cache, page_table, qo_indptr, kv_lens, scale, causal, window, soft_cap):
+        return q.new_empty(q.shape), q.new_empty(q.shape[:2], dtype=torch.float32)
+
+    @torch.library.register_fake("kernels::merge_attention_states")
+    def _(v_a, lse_a, v_b, lse_b):
+        return v_a.new_empty(v_a.shape), lse_a.new_empty(lse_a.shape)

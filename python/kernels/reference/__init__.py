@@ -4,6 +4,7 @@ Written for clarity, not speed: upcast to float32, compute, round once to the in
 """
 
 from .activation import gelu_and_mul, silu_and_mul
+from .attention import merge_attention_states, paged_decode_attention, paged_prefill_attention, store_kv_cache
 from .norm import fused_add_rms_norm_, rms_norm
 from .rope import rotary_embedding_
 
@@ -13,4 +14,8 @@ OPS = {
     "rotary_embedding_": rotary_embedding_,
     "silu_and_mul": silu_and_mul,
     "gelu_and_mul": gelu_and_mul,
+    "store_kv_cache": store_kv_cache,
+    "paged_decode_attention": paged_decode_attention,
+    "paged_prefill_attention": paged_prefill_attention,
+    "merge_attention_states": merge_attention_states,
 }

@@ -1,8 +1,8 @@
 """The ``triton`` backend: portable GPU kernels (ROCm, XPU, and a CUDA fallback) written in Triton.
 
 Triton is optional. Importing this package never imports triton: the kernel modules (norm, rope,
-activation) load on the first call, and ``available`` reports why the backend cannot run when
-``import triton`` fails.
+activation, attention) load on the first call, and ``available`` reports why the backend cannot
+run when ``import triton`` fails.
 
 Verification: tested on the H100 (CUDA); on ROCm and XPU the kernels are tested under the Triton
 interpreter and compiled ahead of time for AMD (``python -m kernels.triton.aot``), hence
@@ -33,6 +33,10 @@ OPS = {
     "rotary_embedding_": ("rope", "rotary_embedding_"),
     "silu_and_mul": ("activation", "silu_and_mul"),
     "gelu_and_mul": ("activation", "gelu_and_mul"),
+    "store_kv_cache": ("attention", "store_kv_cache"),
+    "paged_decode_attention": ("attention", "paged_decode_attention"),
+    "paged_prefill_attention": ("attention", "paged_prefill_attention"),
+    "merge_attention_states": ("attention", "merge_attention_states"),
 }
 
 

@@ -31,9 +31,12 @@ def rows_per_program(block: int) -> int:
     return max(1, min(MAX_ROWS, TARGET_ELEMENTS // block))
 
 
-def new_empty(shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
-    """The output allocation of every wrapper (tests replace it to poison outputs)."""
-    return torch.empty(shape, dtype=like.dtype, device=like.device)
+def new_empty(shape: tuple[int, ...], like: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """The output allocation of every wrapper, on ``like``'s device, in ``dtype`` (default: ``like``'s).
+
+    Tests replace it to poison outputs (and workspaces).
+    """
+    return torch.empty(shape, dtype=like.dtype if dtype is None else dtype, device=like.device)
 
 
 def device_guard(t: torch.Tensor):

@@ -42,9 +42,9 @@ def parse_target(text: str):
 
 
 def cases():
-    from . import activation, norm, rope
+    from . import activation, attention, norm, rope
 
-    for module in (norm, rope, activation):
+    for module in (norm, rope, activation, attention):
         yield from module.aot_cases()
 
 

@@ -1,0 +1,43 @@
+// Launchers of the paged-attention ops (plain pointers, no torch). Layouts and semantics:
+// docs/dev/op-semantics.md, "Paged attention". Each returns the launch status.
+#pragma once
+#include <cuda_runtime_api.h>
+
+#include <cstdint>
+
+#include "cuda/common/dtype.h"
+
+namespace kernels::cuda {
+
+// k, v [tokens, kv_heads, head_dim] (heads packed, token stride k_stride / v_stride elements)
+// into slot slot_mapping[t] of the caches [num_pages, page_size, kv_heads, head_dim]; slots
+// outside [0, num_slots) are skipped.
+cudaError_t launch_store_kv_cache(const void* k, const void* v, void* k_cache, void* v_cache,
+                                  const int64_t* slot_mapping, int64_t tokens, int64_t row,
+                                  int64_t k_stride, int64_t v_stride, int64_t num_slots,
+                                  Dtype dtype, cudaStream_t stream);
+
+struct DecodeShape {
+  int64_t batch;
+  int num_heads, num_kv_heads, head_dim, page_size, max_pages;
+  int64_t num_pages;
+};
+
+// The number of KV splits launch_paged_decode uses for this shape on `device` (1: no workspace).
+int paged_decode_splits(const DecodeShape& shape, int window, int device);
+
+// q [batch, num_heads, head_dim] -> out (q's dtype, bf16 / fp16), lse [batch, num_heads] float32.
+// With splits > 1, part_out [batch, splits, num_heads, head_dim] and part_lse
+// [batch, splits, num_heads] (float32) are the workspace; a second kernel merges them.
+cudaError_t launch_paged_decode(void* out, float* lse, float* part_out, float* part_lse,
+                                const void* q, const void* k_cache, const void* v_cache,
+                                const int32_t* page_table, const int32_t* seq_lens,
+                                const DecodeShape& shape, int splits, float scale, int window,
+                                float soft_cap, Dtype dtype, cudaStream_t stream);
+
+// v_a, v_b, v [rows, dim] contiguous; lse_a, lse_b, lse [rows] float32.
+cudaError_t launch_merge_attention_states(void* v, float* lse, const void* v_a, const float* lse_a,
+                                          const void* v_b, const float* lse_b, int64_t rows,
+                                          int64_t dim, Dtype dtype, cudaStream_t stream);
+
+}  // namespace kernels::cuda

@@ -1,0 +1,509 @@
+// Paged decode attention, split-KV flash decoding.
+//
+// One 128-thread CTA per (sequence, KV head, group of up to 8 query heads, KV split). The CTA
+// streams its token range through shared memory in tiles of 16 KB (K and V, 8 KB each: 64 / 32 /
+// 16 tokens for head_dim 64 / 128 / 256) with cp.async, three stages deep: two tiles (32 KB) are
+// in flight while one is consumed. Every 16-byte chunk finds its own page, so any page size works
+// and a page boundary may fall anywhere in a tile. All query heads of the group share each K/V
+// load: a token's row is held by head_dim / 8 lanes (16 bytes each), which keep the group's q
+// (float32, pre-scaled) in registers and reduce the partial dot products with shuffles. Each warp
+// runs its own online softmax (exp2 domain) over its tokens of each tile; warps and lane groups
+// merge once at the end through shared memory.
+//
+// splits == 1 writes out / lse directly; otherwise each CTA writes a float32 partial (out, lse in
+// log2 units) and merge_splits_kernel combines the splits of each (sequence, head).
+//
+// Bad input: a seq_len outside [1, max_pages * page_size] or a page index outside [0, num_pages)
+// among the pages of a CTA's token range (split 0 also checks the pages before a window) is never
+// read: that CTA writes NaN, which the merge propagates.
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+
+#include "cuda/attention/paged_attention.h"
+#include "cuda/common/async_copy.cuh"
+#include "cuda/common/launch.cuh"
+#include "cuda/common/vec.cuh"
+
+namespace kernels::cuda {
+namespace {
+
+constexpr float kLog2e = 1.4426950408889634f;
+constexpr float kLn2 = 0.6931471805599453f;
+// The running max before any token: finite, so exp2(m - m_new) never sees inf - inf.
+constexpr float kNoMax = -1e30f;
+constexpr int kThreads = 128;
+constexpr int kWarps = kThreads / 32;
+constexpr int kStages = 3;
+constexpr int kMaxSplits = 256;
+constexpr int kMinSplitTokens = 256;
+
+template <int D>
+struct Tiling {
+  static constexpr int kLanesPerToken = D / 8;                   // 16-byte chunks of a row
+  static constexpr int kTokensPerStep = 32 / kLanesPerToken;     // tokens a warp reads at once
+  static constexpr int kSteps = 4;                               // per warp per tile
+  static constexpr int kTile = kWarps * kSteps * kTokensPerStep;  // 64 / 32 / 16 tokens
+  static constexpr int kRowBytes = D * 2;
+  static constexpr int kHalfBytes = kTile * kRowBytes;  // the K (or V) part of a stage: 8 KB
+  static constexpr int kStageBytes = 2 * kHalfBytes;
+  static constexpr int kSmemBytes = kStages * kStageBytes;  // 48 KB: no opt-in needed
+  static constexpr int kLoadsPerThread = kTile * kLanesPerToken / kThreads;  // chunks of K (4)
+  static constexpr int kRowsPerPass = kThreads / kLanesPerToken;
+};
+
+struct DecodeParams {
+  void* out;
+  float* lse;
+  float* part_out;
+  float* part_lse;
+  const void* q;
+  const void* k_cache;
+  const void* v_cache;
+  const int32_t* page_table;
+  const int32_t* seq_lens;
+  int64_t num_pages;
+  int num_heads, num_kv_heads, group, head_chunks, page_size, max_pages, splits, window;
+  float q_scale;   // applied to q: scale * log2(e), or scale / soft_cap
+  float cap_log2;  // soft_cap * log2(e), or 0 for no cap
+};
+
+// tanh(x) = 1 - 2 / (exp(2x) + 1): exact at both saturations, absolute error ~1e-7 near 0 (the
+// score's error is absolute, so that is what matters).
+__device__ __forceinline__ float tanh_fast(float x) { return 1.f - 2.f / (__expf(2.f * x) + 1.f); }
+
+template <typename T, int D, int GP>
+__global__ void __launch_bounds__(kThreads, GP >= 8 ? 2 : 4)
+    paged_decode_kernel(const DecodeParams p) {
+  using Tl = Tiling<D>;
+  constexpr int kLpt = Tl::kLanesPerToken;
+  constexpr int kTpw = Tl::kTokensPerStep;
+  constexpr int kSteps = Tl::kSteps;
+  constexpr int kTile = Tl::kTile;
+  char* smem = dynamic_smem();
+
+  const int b = blockIdx.x;
+  const int kvh = blockIdx.y / p.head_chunks;
+  const int chunk_idx = blockIdx.y % p.head_chunks;
+  const int split = blockIdx.z;
+  const int tid = threadIdx.x;
+  const int lane = tid % 32;
+  const int warp = tid / 32;
+  const int tg = lane / kLpt;  // the lane's token within a warp step
+  const int c = lane % kLpt;   // the lane's 16-byte chunk of a row
+  const int head0 = kvh * p.group + chunk_idx * GP;
+  const int nh = min(GP, p.group - chunk_idx * GP);
+  const int ps = p.page_size;
+  const int32_t* pt = p.page_table + static_cast<int64_t>(b) * p.max_pages;
+
+  // This CTA's tokens [start, end) of the attended range [lo, len).
+  const int len = p.seq_lens[b];
+  bool bad = len < 1 || static_cast<int64_t>(len) > static_cast<int64_t>(p.max_pages) * ps;
+  int start = 0, end = 0;
+  if (!bad) {
+    const int lo = p.window > 0 ? max(0, len - p.window) : 0;
+    const int per_split = ((len - lo + p.splits - 1) / p.splits + kTile - 1) / kTile * kTile;
+    start = min(len, lo + split * per_split);
+    end = min(len, start + per_split);
+    const int first_page = (split == 0 ? 0 : start) / ps;
+    const int end_page = end > start ? (end - 1) / ps + 1 : first_page;
+    for (int i = first_page + tid; i < end_page; i += kThreads) {
+      const int page = pt[i];
+      bad |= page < 0 || page >= p.num_pages;
+    }
+  }
+  bad = __syncthreads_or(bad);
+
+  // Result writers. Direct: out (T) and lse (natural log). Split: float32 partials, lse in log2.
+  const bool direct = p.splits == 1;
+  auto write_lse = [&](int g, float lse2) {
+    const int h = head0 + g;
+    if (direct) {
+      p.lse[static_cast<int64_t>(b) * p.num_heads + h] = lse2 * kLn2;
+    } else {
+      p.part_lse[(static_cast<int64_t>(b) * p.splits + split) * p.num_heads + h] = lse2;
+    }
+  };
+  auto write_out = [&](int g, int d0, const float (&o)[8]) {
+    const int h = head0 + g;
+    if (direct) {
+      T* out = static_cast<T*>(p.out) + (static_cast<int64_t>(b) * p.num_heads + h) * D + d0;
+      store_vec<8, true>(out, pack<T>(o));
+    } else {
+      float* out = p.part_out + ((static_cast<int64_t>(b) * p.splits + split) * p.num_heads + h) * D + d0;
+      reinterpret_cast<float4*>(out)[0] = make_float4(o[0], o[1], o[2], o[3]);
+      reinterpret_cast<float4*>(out)[1] = make_float4(o[4], o[5], o[6], o[7]);
+    }
+  };
+  if (bad || start >= end) {
+    // NaN for bad input; an empty split (splits > 1 only) has lse -inf and no out (the merge
+    // skips it).
+    const float fill = bad ? __int_as_float(0x7fc00000) : -INFINITY;
+    for (int u = tid; u < nh * (D / 8); u += kThreads) {
+      const int g = u / (D / 8);
+      const int d0 = u % (D / 8) * 8;
+      if (bad) {
+        float o[8];
+#pragma unroll
+        for (int e = 0; e < 8; ++e) o[e] = fill;
+        write_out(g, d0, o);
+      }
+      if (d0 == 0) write_lse(g, fill);
+    }
+    return;
+  }
+
+  // The group's q, this lane's 8 dims of each head, float32, pre-scaled.
+  float qf[GP][8];
+#pragma unroll
+  for (int g = 0; g < GP; ++g) {
+    if (g < nh) {
+      const T* q = static_cast<const T*>(p.q) + (static_cast<int64_t>(b) * p.num_heads + head0 + g) * D + c * 8;
+      unpack(load_vec<8, true>(q), qf[g]);
+#pragma unroll
+      for (int e = 0; e < 8; ++e) qf[g][e] *= p.q_scale;
+    } else {
+#pragma unroll
+      for (int e = 0; e < 8; ++e) qf[g][e] = 0.f;
+    }
+  }
+
+  // Loads: this thread's chunk c of rows tid / kLpt + k * kRowsPerPass of each tile.
+  const T* kc = static_cast<const T*>(p.k_cache);
+  const T* vc = static_cast<const T*>(p.v_cache);
+  const int64_t token_stride = static_cast<int64_t>(p.num_kv_heads) * D;
+  const int64_t head_off = static_cast<int64_t>(kvh) * D + c * 8;
+  const int load_row = tid / kLpt;
+  const int n_tiles = (end - start + kTile - 1) / kTile;
+
+  auto fetch_pages = [&](int tile, int (&pages)[Tl::kLoadsPerThread]) {
+#pragma unroll
+    for (int k = 0; k < Tl::kLoadsPerThread; ++k) {
+      const int token = start + tile * kTile + load_row + k * Tl::kRowsPerPass;
+      pages[k] = tile < n_tiles && token < end ? pt[token / ps] : 0;
+    }
+  };
+  auto issue = [&](int tile, const int (&pages)[Tl::kLoadsPerThread]) {
+    if (tile < n_tiles) {
+      char* ks = smem + (tile % kStages) * Tl::kStageBytes;
+#pragma unroll
+      for (int k = 0; k < Tl::kLoadsPerThread; ++k) {
+        const int row = load_row + k * Tl::kRowsPerPass;
+        const int token = start + tile * kTile + row;
+        const bool valid = token < end;
+        const int64_t off = valid ? (static_cast<int64_t>(pages[k]) * ps + token % ps) * token_stride + head_off : 0;
+        const int dst = (row * kLpt + c) * 16;
+        cp_async_16(ks + dst, kc + off, valid);
+        cp_async_16(ks + Tl::kHalfBytes + dst, vc + off, valid);
+      }
+    }
+    cp_async_commit();  // possibly empty: keeps one group per tile for the waits
+  };
+
+  float m[GP], l[GP], acc[GP][8];
+#pragma unroll
+  for (int g = 0; g < GP; ++g) {
+    m[g] = kNoMax;
+    l[g] = 0.f;
+#pragma unroll
+    for (int e = 0; e < 8; ++e) acc[g][e] = 0.f;
+  }
+
+  {
+    int pages[Tl::kLoadsPerThread];
+    fetch_pages(0, pages);
+    issue(0, pages);
+    fetch_pages(1, pages);
+    issue(1, pages);
+  }
+  for (int tile = 0; tile < n_tiles; ++tile) {
+    // The page indices of tile + 2 load while this tile is consumed.
+    int pages[Tl::kLoadsPerThread];
+    fetch_pages(tile + 2, pages);
+    cp_async_wait<1>();  // this tile's group has landed (the next one may still fly)
+    __syncthreads();     // ... for every thread; and the stage of tile - 1 is free again
+
+    const char* ks = smem + (tile % kStages) * Tl::kStageBytes;
+    const char* vs = ks + Tl::kHalfBytes;
+    const int tile_start = start + tile * kTile;
+    float s[kSteps][GP];
+#pragma unroll
+    for (int i = 0; i < kSteps; ++i) {
+      const int row = (warp * kSteps + i) * kTpw + tg;
+      float kf[8];
+      unpack(*reinterpret_cast<const Vec<T, 8>*>(ks + (row * kLpt + c) * 16), kf);
+#pragma unroll
+      for (int g = 0; g < GP; ++g) {
+        float dot = 0.f;
+#pragma unroll
+        for (int e = 0; e < 8; ++e) dot = fmaf(qf[g][e], kf[e], dot);
+        s[i][g] = dot;
+      }
+    }
+#pragma unroll
+    for (int off = kLpt / 2; off > 0; off /= 2) {
+#pragma unroll
+      for (int i = 0; i < kSteps; ++i) {
+#pragma unroll
+        for (int g = 0; g < GP; ++g) s[i][g] += __shfl_xor_sync(0xffffffffu, s[i][g], off);
+      }
+    }
+#pragma unroll
+    for (int i = 0; i < kSteps; ++i) {
+      const bool valid = tile_start + (warp * kSteps + i) * kTpw + tg < end;
+#pragma unroll
+      for (int g = 0; g < GP; ++g) {
+        float x = s[i][g];
+        if (p.cap_log2 > 0.f) x = p.cap_log2 * tanh_fast(x);
+        s[i][g] = valid ? x : -INFINITY;
+      }
+    }
+#pragma unroll
+    for (int g = 0; g < GP; ++g) {
+      float mt = m[g];
+#pragma unroll
+      for (int i = 0; i < kSteps; ++i) mt = fmaxf(mt, s[i][g]);
+      const float corr = exp2f(m[g] - mt);
+      m[g] = mt;
+      l[g] *= corr;
+#pragma unroll
+      for (int e = 0; e < 8; ++e) acc[g][e] *= corr;
+#pragma unroll
+      for (int i = 0; i < kSteps; ++i) {
+        s[i][g] = exp2f(s[i][g] - mt);
+        l[g] += s[i][g];
+      }
+    }
+#pragma unroll
+    for (int i = 0; i < kSteps; ++i) {
+      const int row = (warp * kSteps + i) * kTpw + tg;
+      float vf[8];
+      unpack(*reinterpret_cast<const Vec<T, 8>*>(vs + (row * kLpt + c) * 16), vf);
+#pragma unroll
+      for (int g = 0; g < GP; ++g) {
+#pragma unroll
+        for (int e = 0; e < 8; ++e) acc[g][e] = fmaf(s[i][g], vf[e], acc[g][e]);
+      }
+    }
+    issue(tile + 2, pages);
+  }
+  cp_async_wait<0>();
+
+  // Merge the lane groups of each warp (they hold different tokens, the same dims).
+#pragma unroll
+  for (int off = kLpt; off < 32; off *= 2) {
+#pragma unroll
+    for (int g = 0; g < GP; ++g) {
+      const float mo = __shfl_xor_sync(0xffffffffu, m[g], off);
+      const float lo = __shfl_xor_sync(0xffffffffu, l[g], off);
+      const float mn = fmaxf(m[g], mo);
+      const float a = exp2f(m[g] - mn);
+      const float bo = exp2f(mo - mn);
+      m[g] = mn;
+      l[g] = l[g] * a + lo * bo;
+#pragma unroll
+      for (int e = 0; e < 8; ++e) {
+        acc[g][e] = acc[g][e] * a + __shfl_xor_sync(0xffffffffu, acc[g][e], off) * bo;
+      }
+    }
+  }
+  // Then the warps, through shared memory (the pipeline's stages are free now).
+  __syncthreads();
+  float* red_acc = reinterpret_cast<float*>(smem);         // [kWarps][GP][D]
+  float* red_ml = red_acc + kWarps * GP * D;                // [kWarps][GP][2]
+  static_assert(kWarps * GP * (D + 2) * 4 <= Tl::kSmemBytes, "reduction does not fit");
+  if (tg == 0) {
+#pragma unroll
+    for (int g = 0; g < GP; ++g) {
+      float4* dst = reinterpret_cast<float4*>(red_acc + (warp * GP + g) * D + c * 8);
+      dst[0] = make_float4(acc[g][0], acc[g][1], acc[g][2], acc[g][3]);
+      dst[1] = make_float4(acc[g][4], acc[g][5], acc[g][6], acc[g][7]);
+      if (c == 0) {
+        red_ml[(warp * GP + g) * 2] = m[g];
+        red_ml[(warp * GP + g) * 2 + 1] = l[g];
+      }
+    }
+  }
+  __syncthreads();
+  for (int u = tid; u < nh * (D / 8); u += kThreads) {
+    const int g = u / (D / 8);
+    const int d0 = u % (D / 8) * 8;
+    float mx = kNoMax;
+#pragma unroll
+    for (int w = 0; w < kWarps; ++w) mx = fmaxf(mx, red_ml[(w * GP + g) * 2]);
+    float sum = 0.f, o[8] = {};
+#pragma unroll
+    for (int w = 0; w < kWarps; ++w) {
+      const float f = exp2f(red_ml[(w * GP + g) * 2] - mx);
+      sum += red_ml[(w * GP + g) * 2 + 1] * f;
+      const float* src = red_acc + (w * GP + g) * D + d0;
+#pragma unroll
+      for (int e = 0; e < 8; ++e) o[e] += src[e] * f;
+    }
+    const float inv = 1.f / sum;
+#pragma unroll
+    for (int e = 0; e < 8; ++e) o[e] *= inv;
+    write_out(g, d0, o);
+    if (d0 == 0) write_lse(g, mx + __log2f(sum));
+  }
+}
+
+// One warp per (sequence, head): combines the splits' partials. Splits with lse -inf are empty;
+// a NaN lse (bad input) makes the result NaN.
+template <typename T, int D>
+__global__ void __launch_bounds__(32) merge_splits_kernel(T* __restrict__ out,
+                                                          float* __restrict__ lse,
+                                                          const float* __restrict__ part_out,
+                                                          const float* __restrict__ part_lse,
+                                                          int num_heads, int splits) {
+  const int64_t bh = blockIdx.x;
+  const int64_t b = bh / num_heads;
+  const int h = static_cast<int>(bh % num_heads);
+  const int lane = threadIdx.x;
+  const float* pl = part_lse + b * splits * num_heads + h;
+  float mx = -INFINITY;
+  bool nan = false;
+  for (int s = lane; s < splits; s += 32) {
+    const float x = pl[static_cast<int64_t>(s) * num_heads];
+    nan |= x != x;
+    mx = fmaxf(mx, x);
+  }
+  nan = __any_sync(0xffffffffu, nan);
+#pragma unroll
+  for (int off = 16; off > 0; off /= 2) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, off));
+  float sum = 0.f;
+  for (int s = lane; s < splits; s += 32) sum += exp2f(pl[static_cast<int64_t>(s) * num_heads] - mx);
+#pragma unroll
+  for (int off = 16; off > 0; off /= 2) sum += __shfl_xor_sync(0xffffffffu, sum, off);
+  const float nanf = __int_as_float(0x7fc00000);
+  if (lane < D / 8) {
+    float o[8] = {};
+    if (nan) {
+#pragma unroll
+      for (int e = 0; e < 8; ++e) o[e] = nanf;
+    } else {
+      const float inv = 1.f / sum;
+      for (int s = 0; s < splits; ++s) {
+        const float x = pl[static_cast<int64_t>(s) * num_heads];
+        if (x == -INFINITY) continue;  // empty split: its out was never written
+        const float f = exp2f(x - mx) * inv;
+        const float4* src = reinterpret_cast<const float4*>(
+            part_out + ((b * splits + s) * num_heads + h) * D + lane * 8);
+        const float4 lo = src[0], hi = src[1];
+        o[0] += lo.x * f; o[1] += lo.y * f; o[2] += lo.z * f; o[3] += lo.w * f;
+        o[4] += hi.x * f; o[5] += hi.y * f; o[6] += hi.z * f; o[7] += hi.w * f;
+      }
+    }
+    store_vec<8, true>(out + (b * num_heads + h) * D + lane * 8, pack<T>(o));
+  }
+  if (lane == 0) lse[b * num_heads + h] = nan ? nanf : (mx + __log2f(sum)) * kLn2;
+}
+
+int sm_count(int device) {
+  static std::atomic<int> cached[64];
+  if (device < 0 || device >= 64) return 132;
+  int n = cached[device].load(std::memory_order_relaxed);
+  if (n == 0) {
+    if (cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, device) != cudaSuccess || n <= 0) {
+      (void)cudaGetLastError();
+      n = 132;
+    }
+    cached[device].store(n, std::memory_order_relaxed);
+  }
+  return n;
+}
+
+// Query heads per CTA: the group, padded to 1, 2, 4 or 8; larger groups take ceil(group / 8) CTAs.
+int group_pad(int group) { return group > 4 ? 8 : group > 2 ? 4 : group; }
+
+template <typename T, int D, int GP>
+void launch_kernel(const DecodeParams& p, int64_t batch, cudaStream_t stream) {
+  const dim3 grid(static_cast<unsigned>(batch), p.num_kv_heads * p.head_chunks, p.splits);
+  paged_decode_kernel<T, D, GP><<<grid, kThreads, Tiling<D>::kSmemBytes, stream>>>(p);
+}
+
+template <typename T, int D>
+void launch_d(const DecodeParams& p, int64_t batch, int gp, cudaStream_t stream) {
+  switch (gp) {
+    case 1: launch_kernel<T, D, 1>(p, batch, stream); break;
+    case 2: launch_kernel<T, D, 2>(p, batch, stream); break;
+    case 4: launch_kernel<T, D, 4>(p, batch, stream); break;
+    default: launch_kernel<T, D, 8>(p, batch, stream); break;
+  }
+}
+
+template <typename T>
+void launch_dtype(const DecodeParams& p, const DecodeShape& shape, int gp, cudaStream_t stream) {
+  switch (shape.head_dim) {
+    case 64: launch_d<T, 64>(p, shape.batch, gp, stream); break;
+    case 128: launch_d<T, 128>(p, shape.batch, gp, stream); break;
+    default: launch_d<T, 256>(p, shape.batch, gp, stream); break;
+  }
+  if (p.splits > 1) {
+    const unsigned rows = static_cast<unsigned>(shape.batch * shape.num_heads);
+    T* out = static_cast<T*>(p.out);
+    switch (shape.head_dim) {
+      case 64: merge_splits_kernel<T, 64><<<rows, 32, 0, stream>>>(out, p.lse, p.part_out, p.part_lse, shape.num_heads, p.splits); break;
+      case 128: merge_splits_kernel<T, 128><<<rows, 32, 0, stream>>>(out, p.lse, p.part_out, p.part_lse, shape.num_heads, p.splits); break;
+      default: merge_splits_kernel<T, 256><<<rows, 32, 0, stream>>>(out, p.lse, p.part_out, p.part_lse, shape.num_heads, p.splits); break;
+    }
+  }
+}
+
+}  // namespace
+
+int paged_decode_splits(const DecodeShape& shape, int window, int device) {
+  const int group = shape.num_heads / shape.num_kv_heads;
+  const int gp = group_pad(group);
+  const int64_t ctas = shape.batch * shape.num_kv_heads * ceil_div(group, gp);
+  // Resident CTAs per SM: smem allows 4 (48 KB each), registers 2 for 8 heads per CTA.
+  const int64_t slots = static_cast<int64_t>(sm_count(device)) * (gp >= 8 ? 2 : 4);
+  if (ctas * 2 >= slots) return 1;
+  int64_t tokens = static_cast<int64_t>(shape.max_pages) * shape.page_size;
+  if (window > 0 && window < tokens) tokens = window;
+  const int64_t most = std::max<int64_t>(1, ceil_div(tokens, kMinSplitTokens));
+  const int64_t splits = std::min<int64_t>(std::min<int64_t>(ceil_div(slots, ctas), most), kMaxSplits);
+  return static_cast<int>(std::max<int64_t>(splits, 1));
+}
+
+cudaError_t launch_paged_decode(void* out, float* lse, float* part_out, float* part_lse,
+                                const void* q, const void* k_cache, const void* v_cache,
+                                const int32_t* page_table, const int32_t* seq_lens,
+                                const DecodeShape& shape, int splits, float scale, int window,
+                                float soft_cap, Dtype dtype, cudaStream_t stream) {
+  if (shape.batch == 0) return cudaSuccess;
+  const int group = shape.num_heads / shape.num_kv_heads;
+  const int gp = group_pad(group);
+  DecodeParams p;
+  p.out = out;
+  p.lse = lse;
+  p.part_out = part_out;
+  p.part_lse = part_lse;
+  p.q = q;
+  p.k_cache = k_cache;
+  p.v_cache = v_cache;
+  p.page_table = page_table;
+  p.seq_lens = seq_lens;
+  p.num_pages = shape.num_pages;
+  p.num_heads = shape.num_heads;
+  p.num_kv_heads = shape.num_kv_heads;
+  p.group = group;
+  p.head_chunks = static_cast<int>(ceil_div(group, gp));
+  p.page_size = shape.page_size;
+  p.max_pages = shape.max_pages;
+  p.splits = splits;
+  p.window = window;
+  // Scores in log2 units: s2 = log2(e) * score. With a cap, score = cap * tanh(scale * qk / cap).
+  p.q_scale = soft_cap > 0.f ? scale / soft_cap : scale * kLog2e;
+  p.cap_log2 = soft_cap > 0.f ? soft_cap * kLog2e : 0.f;
+  if (dtype == Dtype::kBFloat16) {
+    launch_dtype<__nv_bfloat16>(p, shape, gp, stream);
+  } else if (dtype == Dtype::kFloat16) {
+    launch_dtype<__half>(p, shape, gp, stream);
+  } else {
+    return cudaErrorInvalidValue;  // float32 attention is CPU-only
+  }
+  return cudaGetLastError();
+}
+
+}  // namespace kernels::cuda
