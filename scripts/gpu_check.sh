@@ -3,9 +3,10 @@
 # scripts/build_wheel.sh; building here is the fallback), run the GPU tests, the CPU tests on this host's wider ISA, and the named
 # benchmarks; write logs and result files into OUT and pack them into OUT/gpu_check.tar.gz.
 #
-#   scripts/gpu_check.sh OUT [--no-tests] [OP ...]
-#     OP: a `kernels bench` op name, or `all` (default: none); --no-tests: benchmarks only (a second
-#     call within one device lease, when tests and benchmarks together outrun its 10 minutes)
+#   scripts/gpu_check.sh OUT [--no-tests] [OP[:SHAPE,SHAPE...] ...]
+#     OP: a `kernels bench` op name, or `all` (default: none), optionally with its shapes;
+#     --no-tests: benchmarks only (a second call within one device lease, when tests and benchmarks
+#     together outrun its 10 minutes). BENCH_TIMEOUT (s, default 400) bounds each benchmark.
 set -uo pipefail
 OUT=${1:?usage: scripts/gpu_check.sh OUT [--no-tests] [OP ...]}
 shift
@@ -49,9 +50,13 @@ if [ $RUN_TESTS = 1 ]; then
   tail -1 "$LOG/pytest_cpu.log" | tee -a "$LOG/summary.txt"
 fi
 
-for op in "$@"; do
-  step "kernels bench $op"
-  $PY -m kernels.cli bench "$op" --device cuda --json "$LOG/results" --plot "$LOG/$op.png" >"$LOG/bench_$op.log" 2>&1 || status=1
+for spec in "$@"; do
+  op=${spec%%:*}
+  shapes=()
+  [ "$spec" != "$op" ] && shapes=(--shapes "${spec#*:}")
+  step "kernels bench $spec"
+  timeout "${BENCH_TIMEOUT:-400}" $PY -m kernels.cli bench "$op" "${shapes[@]}" --device cuda --json "$LOG/results" \
+    --plot "$LOG/$op.png" >"$LOG/bench_$op.log" 2>&1 || status=1
   tail -40 "$LOG/bench_$op.log"
 done
 
