@@ -9,22 +9,14 @@ are allocated full of NaN, so a read of a wrong slot or an unwritten element fai
 from __future__ import annotations
 
 import math
-import os
 
 import pytest
 import torch
 
-pytest.importorskip("triton")
+from tests.triton.device import DEVICE  # noqa: E402  (skips this module when Triton cannot run)
 
 import kernels  # noqa: E402
 from kernels import reference, registry  # noqa: E402
-
-if os.environ.get("TRITON_INTERPRET") == "1":
-    DEVICE = "cpu"
-elif torch.cuda.is_available():
-    DEVICE = "cuda"
-else:
-    pytest.skip("needs TRITON_INTERPRET=1 (set before import) or a GPU", allow_module_level=True)
 
 NAN = float("nan")
 # fp32 on a GPU: tl.dot runs with input_precision="ieee" for fp32, but exp/log differ from torch's.

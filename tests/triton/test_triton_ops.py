@@ -9,22 +9,14 @@ unwritten element or a read outside the view fails.
 from __future__ import annotations
 
 import math
-import os
 
 import pytest
 import torch
 
-pytest.importorskip("triton")
+from tests.triton.device import DEVICE  # noqa: E402  (skips this module when Triton cannot run)
 
 import kernels  # noqa: E402
 from kernels import reference, registry  # noqa: E402
-
-if os.environ.get("TRITON_INTERPRET") == "1":
-    DEVICE = "cpu"
-elif torch.cuda.is_available():
-    DEVICE = "cuda"
-else:
-    pytest.skip("needs TRITON_INTERPRET=1 (set before import) or a GPU", allow_module_level=True)
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 TOKENS = [0, 1, 7, 33]
