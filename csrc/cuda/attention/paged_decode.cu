@@ -1,14 +1,13 @@
 // Paged decode attention, split-KV flash decoding.
 //
-// One 128-thread CTA per (sequence, KV head, group of up to 8 query heads, KV split). The CTA
-// streams its token range through shared memory in tiles of 16 KB (K and V, 8 KB each: 64 / 32 /
-// 16 tokens for head_dim 64 / 128 / 256) with cp.async, three stages deep: two tiles (32 KB) are
-// in flight while one is consumed. Every 16-byte chunk finds its own page, so any page size works
-// and a page boundary may fall anywhere in a tile. All query heads of the group share each K/V
-// load: a token's row is held by head_dim / 8 lanes (16 bytes each), which keep the group's q
-// (float32, pre-scaled) in registers and reduce the partial dot products with shuffles. Each warp
-// runs its own online softmax (exp2 domain) over its tokens of each tile; warps and lane groups
-// merge once at the end through shared memory.
+// One CTA per (sequence, KV head, group of up to 8 query heads, KV split). The CTA streams its
+// token range through shared memory in tiles of 16 KB (K and V, 8 KB each: 64 / 32 / 16 tokens for
+// head_dim 64 / 128 / 256) with cp.async, three stages deep: two tiles (32 KB) are in flight while
+// one is consumed. Every 16-byte chunk finds its own page, so any page size works and a page
+// boundary may fall anywhere in a tile. Tensor cores do the math: one warp per 16 tokens of a
+// tile, S = q K^T and P V by mma.sync m16n8k16 with the group's query heads as the A rows (padded
+// to 16), K / V fragments by ldmatrix from XOR-swizzled rows. Each warp runs its own online
+// softmax (exp2 domain); warps merge once at the end through shared memory.
 //
 // splits == 1 writes out / lse directly; otherwise each CTA writes a float32 partial (out, lse in
 // log2 units) and merge_splits_kernel combines the splits of each (sequence, head).
@@ -23,6 +22,7 @@
 #include "cuda/attention/paged_attention.h"
 #include "cuda/common/async_copy.cuh"
 #include "cuda/common/launch.cuh"
+#include "cuda/common/mma.cuh"
 #include "cuda/common/vec.cuh"
 
 namespace kernels::cuda {
@@ -32,8 +32,6 @@ constexpr float kLog2e = 1.4426950408889634f;
 constexpr float kLn2 = 0.6931471805599453f;
 // The running max before any token: finite, so exp2(m - m_new) never sees inf - inf.
 constexpr float kNoMax = -1e30f;
-constexpr int kThreads = 128;
-constexpr int kWarps = kThreads / 32;
 constexpr int kStages = 3;
 constexpr int kMaxSplits = 256;
 constexpr int kMinSplitTokens = 256;
@@ -41,16 +39,23 @@ constexpr int kMinSplitTokens = 256;
 template <int D>
 struct Tiling {
   static constexpr int kLanesPerToken = D / 8;                   // 16-byte chunks of a row
-  static constexpr int kTokensPerStep = 32 / kLanesPerToken;     // tokens a warp reads at once
-  static constexpr int kSteps = 4;                               // per warp per tile
-  static constexpr int kTile = kWarps * kSteps * kTokensPerStep;  // 64 / 32 / 16 tokens
+  static constexpr int kTile = 8192 / (2 * D);                   // 64 / 32 / 16 tokens
+  static constexpr int kWarps = kTile / 16;                      // 16 tokens each: 4 / 2 / 1
+  static constexpr int kThreads = kWarps * 32;
   static constexpr int kRowBytes = D * 2;
   static constexpr int kHalfBytes = kTile * kRowBytes;  // the K (or V) part of a stage: 8 KB
   static constexpr int kStageBytes = 2 * kHalfBytes;
   static constexpr int kSmemBytes = kStages * kStageBytes;  // 48 KB: no opt-in needed
-  static constexpr int kLoadsPerThread = kTile * kLanesPerToken / kThreads;  // chunks of K (4)
+  static constexpr int kLoadsPerThread = kTile * kLanesPerToken / kThreads;  // chunks of K
   static constexpr int kRowsPerPass = kThreads / kLanesPerToken;
 };
+
+// Byte offset of 16-byte chunk c of row `row` in a K / V half: the chunk index is XORed with
+// row % 8, so the 8 rows of an ldmatrix 8x8 matrix hit 8 different bank groups.
+template <int D>
+__device__ __forceinline__ int swz(int row, int c) {
+  return row * (D * 2) + ((c ^ (row & 7)) << 4);
+}
 
 struct DecodeParams {
   void* out;
@@ -73,13 +78,13 @@ struct DecodeParams {
 __device__ __forceinline__ float tanh_fast(float x) { return 1.f - 2.f / (__expf(2.f * x) + 1.f); }
 
 template <typename T, int D, int GP>
-__global__ void __launch_bounds__(kThreads, GP >= 8 ? 2 : 4)
+__global__ void __launch_bounds__(Tiling<D>::kThreads, 4)
     paged_decode_kernel(const DecodeParams p) {
   using Tl = Tiling<D>;
   constexpr int kLpt = Tl::kLanesPerToken;
-  constexpr int kTpw = Tl::kTokensPerStep;
-  constexpr int kSteps = Tl::kSteps;
   constexpr int kTile = Tl::kTile;
+  constexpr int kThreads = Tl::kThreads;
+  constexpr int kWarps = Tl::kWarps;
   char* smem = dynamic_smem();
 
   const int b = blockIdx.x;
@@ -89,8 +94,9 @@ __global__ void __launch_bounds__(kThreads, GP >= 8 ? 2 : 4)
   const int tid = threadIdx.x;
   const int lane = tid % 32;
   const int warp = tid / 32;
-  const int tg = lane / kLpt;  // the lane's token within a warp step
-  const int c = lane % kLpt;   // the lane's 16-byte chunk of a row
+  const int c = tid % kLpt;   // the thread's 16-byte chunk of a row (loads)
+  const int qr = lane / 4;     // mma fragments: the lane's row (query head) ...
+  const int qc = lane % 4;     // ... and column pair
   const int head0 = kvh * p.group + chunk_idx * GP;
   const int nh = min(GP, p.group - chunk_idx * GP);
   const int ps = p.page_size;
@@ -153,21 +159,21 @@ __global__ void __launch_bounds__(kThreads, GP >= 8 ? 2 : 4)
     return;
   }
 
-  // The group's q, this lane's 8 dims of each head, float32, pre-scaled.
-  float qf[GP][8];
+  // The group's q as mma A fragments (rows = heads, padded to 16 with zeros; raw, unscaled):
+  // qa[k][0] = q[qr][16k + 2qc, +1], qa[k][1] = q[qr][16k + 8 + 2qc, +1].
+  // Head_dim 256 re-reads them (L1) every tile instead: registers.
+  constexpr bool kQRegs = D <= 128;
+  const bool has_q = qr < nh;
+  const uint32_t* qg = reinterpret_cast<const uint32_t*>(
+      static_cast<const T*>(p.q) + (static_cast<int64_t>(b) * p.num_heads + head0 + (has_q ? qr : 0)) * D);
+  uint32_t qa[kQRegs ? D / 16 : 1][2];
+  if constexpr (kQRegs) {
 #pragma unroll
-  for (int g = 0; g < GP; ++g) {
-    if (g < nh) {
-      const T* q = static_cast<const T*>(p.q) + (static_cast<int64_t>(b) * p.num_heads + head0 + g) * D + c * 8;
-      unpack(load_vec<8, true>(q), qf[g]);
-#pragma unroll
-      for (int e = 0; e < 8; ++e) qf[g][e] *= p.q_scale;
-    } else {
-#pragma unroll
-      for (int e = 0; e < 8; ++e) qf[g][e] = 0.f;
+    for (int k = 0; k < D / 16; ++k) {
+      qa[k][0] = has_q ? qg[k * 8 + qc] : 0u;
+      qa[k][1] = has_q ? qg[k * 8 + 4 + qc] : 0u;
     }
   }
-
   // Loads: this thread's chunk c of rows tid / kLpt + k * kRowsPerPass of each tile.
   const T* kc = static_cast<const T*>(p.k_cache);
   const T* vc = static_cast<const T*>(p.v_cache);
@@ -192,7 +198,7 @@ __global__ void __launch_bounds__(kThreads, GP >= 8 ? 2 : 4)
         const int token = start + tile * kTile + row;
         const bool valid = token < end;
         const int64_t off = valid ? (static_cast<int64_t>(pages[k]) * ps + token % ps) * token_stride + head_off : 0;
-        const int dst = (row * kLpt + c) * 16;
+        const int dst = swz<D>(row, c);
         cp_async_16(ks + dst, kc + off, valid);
         cp_async_16(ks + Tl::kHalfBytes + dst, vc + off, valid);
       }
@@ -200,14 +206,12 @@ __global__ void __launch_bounds__(kThreads, GP >= 8 ? 2 : 4)
     cp_async_commit();  // possibly empty: keeps one group per tile for the waits
   };
 
-  float m[GP], l[GP], acc[GP][8];
+  // Per warp: the online softmax of row qr (m, this lane's part of l) and the lane's
+  // accumulator fragments o[n] = out[qr][8n + 2qc, +1].
+  float m = kNoMax, l = 0.f;
+  float o[D / 8][2];
 #pragma unroll
-  for (int g = 0; g < GP; ++g) {
-    m[g] = kNoMax;
-    l[g] = 0.f;
-#pragma unroll
-    for (int e = 0; e < 8; ++e) acc[g][e] = 0.f;
-  }
+  for (int n = 0; n < D / 8; ++n) o[n][0] = o[n][1] = 0.f;
 
   {
     int pages[Tl::kLoadsPerThread];
@@ -216,112 +220,106 @@ __global__ void __launch_bounds__(kThreads, GP >= 8 ? 2 : 4)
     fetch_pages(1, pages);
     issue(1, pages);
   }
+  const int t0 = warp * 16;  // the warp's 16 tokens of each tile
+  // ldmatrix row addresses: lane / 8 picks the 8x8 matrix, lane % 8 its row.
+  const int mi = lane / 8;
+  const int k_row = t0 + (mi / 2) * 8 + lane % 8, k_c = mi % 2;  // K: tokens +0/+8 x dims +0/+8
+  const int v_row = t0 + (mi % 2) * 8 + lane % 8, v_c = mi / 2;  // V: tokens +0/+8 x dims +0/+8
+  // Chunk 2i + x of a row lies at swz(row, (2i + x) % 8) + 128 * (i / 4): four offsets each.
+  int k_off[4], v_off[4];
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    k_off[i] = swz<D>(k_row, 2 * i + k_c);
+    v_off[i] = swz<D>(v_row, 2 * i + v_c);
+  }
   for (int tile = 0; tile < n_tiles; ++tile) {
-    // The page indices of tile + 2 load while this tile is consumed.
+    // The page indices of tile + 2 load while this tile is consumed (head_dim 256: after it,
+    // registers).
+    constexpr bool kPrefetch = Tl::kLoadsPerThread <= 8;
     int pages[Tl::kLoadsPerThread];
-    fetch_pages(tile + 2, pages);
+    if constexpr (kPrefetch) fetch_pages(tile + 2, pages);
     cp_async_wait<1>();  // this tile's group has landed (the next one may still fly)
     __syncthreads();     // ... for every thread; and the stage of tile - 1 is free again
 
     const char* ks = smem + (tile % kStages) * Tl::kStageBytes;
     const char* vs = ks + Tl::kHalfBytes;
-    const int tile_start = start + tile * kTile;
-    float s[kSteps][GP];
+    // S = q K^T for the warp's tokens: s[j] = S[qr][t0 + 8j + 2qc, +1].
+    float s[2][2] = {{0.f, 0.f}, {0.f, 0.f}};
 #pragma unroll
-    for (int i = 0; i < kSteps; ++i) {
-      const int row = (warp * kSteps + i) * kTpw + tg;
-      float kf[8];
-      unpack(*reinterpret_cast<const Vec<T, 8>*>(ks + (row * kLpt + c) * 16), kf);
-#pragma unroll
-      for (int g = 0; g < GP; ++g) {
-        float dot = 0.f;
-#pragma unroll
-        for (int e = 0; e < 8; ++e) dot = fmaf(qf[g][e], kf[e], dot);
-        s[i][g] = dot;
+    for (int k = 0; k < D / 16; ++k) {
+      uint32_t kb[4];
+      ldmatrix_x4(kb, ks + k_off[k % 4] + 128 * (k / 4));
+      uint32_t a0, a1;
+      if constexpr (kQRegs) {
+        a0 = qa[k][0];
+        a1 = qa[k][1];
+      } else {
+        a0 = has_q ? __ldg(qg + k * 8 + qc) : 0u;
+        a1 = has_q ? __ldg(qg + k * 8 + 4 + qc) : 0u;
       }
+      mma_top<T>(s[0][0], s[0][1], a0, a1, kb[0], kb[1]);
+      mma_top<T>(s[1][0], s[1][1], a0, a1, kb[2], kb[3]);
     }
+    const int tok0 = start + tile * kTile + t0 + 2 * qc;
+    float mt = m;
 #pragma unroll
-    for (int off = kLpt / 2; off > 0; off /= 2) {
+    for (int j = 0; j < 2; ++j) {
 #pragma unroll
-      for (int i = 0; i < kSteps; ++i) {
-#pragma unroll
-        for (int g = 0; g < GP; ++g) s[i][g] += __shfl_xor_sync(0xffffffffu, s[i][g], off);
-      }
-    }
-#pragma unroll
-    for (int i = 0; i < kSteps; ++i) {
-      const bool valid = tile_start + (warp * kSteps + i) * kTpw + tg < end;
-#pragma unroll
-      for (int g = 0; g < GP; ++g) {
-        float x = s[i][g];
+      for (int e = 0; e < 2; ++e) {
+        float x = s[j][e] * p.q_scale;
         if (p.cap_log2 > 0.f) x = p.cap_log2 * tanh_fast(x);
-        s[i][g] = valid ? x : -INFINITY;
+        s[j][e] = tok0 + 8 * j + e < end ? x : -INFINITY;
+        mt = fmaxf(mt, s[j][e]);
       }
     }
+    mt = fmaxf(mt, __shfl_xor_sync(0xffffffffu, mt, 1));
+    mt = fmaxf(mt, __shfl_xor_sync(0xffffffffu, mt, 2));
+    const float corr = exp2f(m - mt);
+    m = mt;
+    l *= corr;
 #pragma unroll
-    for (int g = 0; g < GP; ++g) {
-      float mt = m[g];
-#pragma unroll
-      for (int i = 0; i < kSteps; ++i) mt = fmaxf(mt, s[i][g]);
-      const float corr = exp2f(m[g] - mt);
-      m[g] = mt;
-      l[g] *= corr;
-#pragma unroll
-      for (int e = 0; e < 8; ++e) acc[g][e] *= corr;
-#pragma unroll
-      for (int i = 0; i < kSteps; ++i) {
-        s[i][g] = exp2f(s[i][g] - mt);
-        l[g] += s[i][g];
-      }
+    for (int n = 0; n < D / 8; ++n) {
+      o[n][0] *= corr;
+      o[n][1] *= corr;
     }
 #pragma unroll
-    for (int i = 0; i < kSteps; ++i) {
-      const int row = (warp * kSteps + i) * kTpw + tg;
-      float vf[8];
-      unpack(*reinterpret_cast<const Vec<T, 8>*>(vs + (row * kLpt + c) * 16), vf);
+    for (int j = 0; j < 2; ++j) {
 #pragma unroll
-      for (int g = 0; g < GP; ++g) {
-#pragma unroll
-        for (int e = 0; e < 8; ++e) acc[g][e] = fmaf(s[i][g], vf[e], acc[g][e]);
+      for (int e = 0; e < 2; ++e) {
+        s[j][e] = exp2f(s[j][e] - mt);
+        l += s[j][e];
       }
     }
+    // P (this lane's A fragment: tokens 2qc, +1 and 8 + 2qc, +1) x V.
+    const uint32_t pa0 = pack2<T>(s[0][0], s[0][1]);
+    const uint32_t pa1 = pack2<T>(s[1][0], s[1][1]);
+#pragma unroll
+    for (int n = 0; n < D / 16; ++n) {
+      uint32_t vb[4];
+      ldmatrix_x4_trans(vb, vs + v_off[n % 4] + 128 * (n / 4));
+      mma_top<T>(o[2 * n][0], o[2 * n][1], pa0, pa1, vb[0], vb[1]);
+      mma_top<T>(o[2 * n + 1][0], o[2 * n + 1][1], pa0, pa1, vb[2], vb[3]);
+    }
+    if constexpr (!kPrefetch) fetch_pages(tile + 2, pages);
     issue(tile + 2, pages);
   }
   cp_async_wait<0>();
+  l += __shfl_xor_sync(0xffffffffu, l, 1);
+  l += __shfl_xor_sync(0xffffffffu, l, 2);
 
-  // Merge the lane groups of each warp (they hold different tokens, the same dims).
-#pragma unroll
-  for (int off = kLpt; off < 32; off *= 2) {
-#pragma unroll
-    for (int g = 0; g < GP; ++g) {
-      const float mo = __shfl_xor_sync(0xffffffffu, m[g], off);
-      const float lo = __shfl_xor_sync(0xffffffffu, l[g], off);
-      const float mn = fmaxf(m[g], mo);
-      const float a = exp2f(m[g] - mn);
-      const float bo = exp2f(mo - mn);
-      m[g] = mn;
-      l[g] = l[g] * a + lo * bo;
-#pragma unroll
-      for (int e = 0; e < 8; ++e) {
-        acc[g][e] = acc[g][e] * a + __shfl_xor_sync(0xffffffffu, acc[g][e], off) * bo;
-      }
-    }
-  }
-  // Then the warps, through shared memory (the pipeline's stages are free now).
+  // Merge the warps through shared memory (the pipeline's stages are free now).
   __syncthreads();
   float* red_acc = reinterpret_cast<float*>(smem);         // [kWarps][GP][D]
   float* red_ml = red_acc + kWarps * GP * D;                // [kWarps][GP][2]
   static_assert(kWarps * GP * (D + 2) * 4 <= Tl::kSmemBytes, "reduction does not fit");
-  if (tg == 0) {
+  if (qr < GP) {
 #pragma unroll
-    for (int g = 0; g < GP; ++g) {
-      float4* dst = reinterpret_cast<float4*>(red_acc + (warp * GP + g) * D + c * 8);
-      dst[0] = make_float4(acc[g][0], acc[g][1], acc[g][2], acc[g][3]);
-      dst[1] = make_float4(acc[g][4], acc[g][5], acc[g][6], acc[g][7]);
-      if (c == 0) {
-        red_ml[(warp * GP + g) * 2] = m[g];
-        red_ml[(warp * GP + g) * 2 + 1] = l[g];
-      }
+    for (int n = 0; n < D / 8; ++n) {
+      *reinterpret_cast<float2*>(red_acc + (warp * GP + qr) * D + 8 * n + 2 * qc) = make_float2(o[n][0], o[n][1]);
+    }
+    if (qc == 0) {
+      red_ml[(warp * GP + qr) * 2] = m;
+      red_ml[(warp * GP + qr) * 2 + 1] = l;
     }
   }
   __syncthreads();
@@ -331,19 +329,19 @@ __global__ void __launch_bounds__(kThreads, GP >= 8 ? 2 : 4)
     float mx = kNoMax;
 #pragma unroll
     for (int w = 0; w < kWarps; ++w) mx = fmaxf(mx, red_ml[(w * GP + g) * 2]);
-    float sum = 0.f, o[8] = {};
+    float sum = 0.f, ov[8] = {};
 #pragma unroll
     for (int w = 0; w < kWarps; ++w) {
       const float f = exp2f(red_ml[(w * GP + g) * 2] - mx);
       sum += red_ml[(w * GP + g) * 2 + 1] * f;
       const float* src = red_acc + (w * GP + g) * D + d0;
 #pragma unroll
-      for (int e = 0; e < 8; ++e) o[e] += src[e] * f;
+      for (int e = 0; e < 8; ++e) ov[e] += src[e] * f;
     }
     const float inv = 1.f / sum;
 #pragma unroll
-    for (int e = 0; e < 8; ++e) o[e] *= inv;
-    write_out(g, d0, o);
+    for (int e = 0; e < 8; ++e) ov[e] *= inv;
+    write_out(g, d0, ov);
     if (d0 == 0) write_lse(g, mx + __log2f(sum));
   }
 }
@@ -419,7 +417,7 @@ int group_pad(int group) { return group > 4 ? 8 : group > 2 ? 4 : group; }
 template <typename T, int D, int GP>
 void launch_kernel(const DecodeParams& p, int64_t batch, cudaStream_t stream) {
   const dim3 grid(static_cast<unsigned>(batch), p.num_kv_heads * p.head_chunks, p.splits);
-  paged_decode_kernel<T, D, GP><<<grid, kThreads, Tiling<D>::kSmemBytes, stream>>>(p);
+  paged_decode_kernel<T, D, GP><<<grid, Tiling<D>::kThreads, Tiling<D>::kSmemBytes, stream>>>(p);
 }
 
 template <typename T, int D>
@@ -456,8 +454,8 @@ int paged_decode_splits(const DecodeShape& shape, int window, int device) {
   const int group = shape.num_heads / shape.num_kv_heads;
   const int gp = group_pad(group);
   const int64_t ctas = shape.batch * shape.num_kv_heads * ceil_div(group, gp);
-  // Resident CTAs per SM: smem allows 4 (48 KB each), registers 2 for 8 heads per CTA.
-  const int64_t slots = static_cast<int64_t>(sm_count(device)) * (gp >= 8 ? 2 : 4);
+  // Resident CTAs per SM: shared memory allows 4 (48 KB each).
+  const int64_t slots = static_cast<int64_t>(sm_count(device)) * 4;
   if (ctas * 2 >= slots) return 1;
   int64_t tokens = static_cast<int64_t>(shape.max_pages) * shape.page_size;
   if (window > 0 && window < tokens) tokens = window;
