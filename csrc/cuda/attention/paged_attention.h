@@ -28,7 +28,9 @@ int paged_decode_splits(const DecodeShape& shape, int window, int device);
 
 // q [batch, num_heads, head_dim] -> out (q's dtype, bf16 / fp16), lse [batch, num_heads] float32.
 // With splits > 1, part_out [batch, splits, num_heads, head_dim] and part_lse
-// [batch, splits, num_heads] (float32) are the workspace; a second kernel merges them.
+// [batch, splits + 1, num_heads] (float32) are the workspace: part_lse's last row holds int32
+// counters that must be zero before the launch (the launch leaves them zero, so a workspace
+// zeroed once can be reused, e.g. by CUDA-graph replays). The last CTA of each split group merges.
 cudaError_t launch_paged_decode(void* out, float* lse, float* part_out, float* part_lse,
                                 const void* q, const void* k_cache, const void* v_cache,
                                 const int32_t* page_table, const int32_t* seq_lens,

@@ -10,7 +10,9 @@
 // softmax (exp2 domain); warps merge once at the end through shared memory.
 //
 // splits == 1 writes out / lse directly; otherwise each CTA writes a float32 partial (out, lse in
-// log2 units) and merge_splits_kernel combines the splits of each (sequence, head).
+// log2 units), then counts itself in on its (sequence, head group)'s counter; the last split to
+// arrive merges the group's partials and resets the counter to 0 (ready for the next launch / graph
+// replay). The host picks the splits so that all CTAs fit in one wave of the machine.
 //
 // Bad input: a seq_len outside [1, max_pages * page_size] or a page index outside [0, num_pages)
 // among the pages of a CTA's token range (split 0 also checks the pages before a window) is never
@@ -62,6 +64,7 @@ struct DecodeParams {
   float* lse;
   float* part_out;
   float* part_lse;
+  int* counters;  // [batch, kv heads * head_chunks]: zero between launches
   const void* q;
   const void* k_cache;
   const void* v_cache;
@@ -76,6 +79,94 @@ struct DecodeParams {
 // tanh(x) = 1 - 2 / (exp(2x) + 1): exact at both saturations, absolute error ~1e-7 near 0 (the
 // score's error is absolute, so that is what matters).
 __device__ __forceinline__ float tanh_fast(float x) { return 1.f - 2.f / (__expf(2.f * x) + 1.f); }
+
+// Called by every thread of a split CTA after it wrote its partials (out and lse of its nh heads).
+// The release: each thread's writes, its fence, the barrier, then thread 0's fence and atomicAdd;
+// the CTA whose atomicAdd returns splits - 1 is the last, and after thread 0's fence (acquire) it
+// reads the others' partials from L2 (ld.cg: no stale L1 lines). It resets the counter, which no
+// other CTA of this launch touches any more. Splits with lse -inf are empty (out 0, weight 0); a
+// NaN lse (bad input) makes the result NaN.
+template <typename T, int D, int GP, int kThreads>
+__device__ __forceinline__ void merge_if_last(const DecodeParams& p, int b, int head0, int nh, char* smem) {
+  const int tid = threadIdx.x;
+  const int lane = tid % 32;
+  const int warp = tid / 32;
+  constexpr int kWarps = kThreads / 32;
+  int* counter = p.counters + static_cast<int64_t>(b) * gridDim.y + blockIdx.y;
+  __threadfence();
+  __syncthreads();  // also: the CTA is done with shared memory
+  int ticket = 0;
+  if (tid == 0) {
+    __threadfence();
+    ticket = atomicAdd(counter, 1);
+    __threadfence();
+  }
+  if (!__syncthreads_or(tid == 0 && ticket == p.splits - 1)) return;
+  if (tid == 0) *counter = 0;
+
+  const int S = p.splits;
+  float* w = reinterpret_cast<float*>(smem);  // [S][GP]: lse (log2), then the merge weight
+  float* inv = w + kMaxSplits * GP;           // [GP]: 1 / sum, NaN for bad input
+  static_assert((kMaxSplits + 1) * GP * 4 <= Tiling<D>::kSmemBytes, "merge does not fit");
+  const float* pl = p.part_lse + static_cast<int64_t>(b) * S * p.num_heads + head0;
+  for (int i = tid; i < nh * S; i += kThreads) {
+    const int s = i / nh, g = i % nh;
+    w[s * GP + g] = __ldcg(pl + static_cast<int64_t>(s) * p.num_heads + g);
+  }
+  __syncthreads();
+  const float nanf = __int_as_float(0x7fc00000);
+  // Warp w takes heads w, w + kWarps, ...; every warp runs every round (block-uniform trip count).
+  for (int g0 = 0; g0 < nh; g0 += kWarps) {
+    const int g = g0 + warp;
+    const int n = g < nh ? S : 0;  // splits this warp looks at
+    float mx = -INFINITY;
+    bool nan = false;
+    for (int s = lane; s < n; s += 32) {
+      const float x = w[s * GP + g];
+      nan |= x != x;
+      mx = fmaxf(mx, x);
+    }
+    nan = __any_sync(0xffffffffu, nan);
+#pragma unroll
+    for (int off = 16; off > 0; off /= 2) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, off));
+    float sum = 0.f;
+    for (int s = lane; s < n; s += 32) {
+      const float f = exp2f(w[s * GP + g] - mx);  // 0 for an empty split
+      w[s * GP + g] = f;
+      sum += f;
+    }
+#pragma unroll
+    for (int off = 16; off > 0; off /= 2) sum += __shfl_xor_sync(0xffffffffu, sum, off);
+    if (lane == 0 && g < nh) {
+      inv[g] = nan ? nanf : 1.f / sum;
+      p.lse[static_cast<int64_t>(b) * p.num_heads + head0 + g] = nan ? nanf : (mx + __log2f(sum)) * kLn2;
+    }
+  }
+  __syncthreads();
+  // Four dims per thread; the splits' loads are independent (unrolled: several in flight).
+  const float* po = p.part_out + (static_cast<int64_t>(b) * S * p.num_heads + head0) * D;
+  const int64_t split_stride = static_cast<int64_t>(p.num_heads) * D;
+  for (int u = tid; u < nh * (D / 4); u += kThreads) {
+    const int g = u / (D / 4);
+    const int d0 = u % (D / 4) * 4;
+    const float* src = po + g * D + d0;
+    float acc[4] = {0.f, 0.f, 0.f, 0.f};
+#pragma unroll 16
+    for (int s = 0; s < S; ++s) {
+      const float f = w[s * GP + g];
+      const float4 x = __ldcg(reinterpret_cast<const float4*>(src + s * split_stride));
+      acc[0] += f * x.x;
+      acc[1] += f * x.y;
+      acc[2] += f * x.z;
+      acc[3] += f * x.w;
+    }
+    const float k = inv[g];
+#pragma unroll
+    for (int e = 0; e < 4; ++e) acc[e] *= k;
+    T* out = static_cast<T*>(p.out) + (static_cast<int64_t>(b) * p.num_heads + head0 + g) * D + d0;
+    store_vec<4, true>(out, pack<T>(acc));
+  }
+}
 
 template <typename T, int D, int GP>
 __global__ void __launch_bounds__(Tiling<D>::kThreads, 4)
@@ -142,20 +233,19 @@ __global__ void __launch_bounds__(Tiling<D>::kThreads, 4)
     }
   };
   if (bad || start >= end) {
-    // NaN for bad input; an empty split (splits > 1 only) has lse -inf and no out (the merge
-    // skips it).
+    // NaN for bad input; an empty split (splits > 1 only) has lse -inf and out 0 (its merge
+    // weight is 0).
     const float fill = bad ? __int_as_float(0x7fc00000) : -INFINITY;
     for (int u = tid; u < nh * (D / 8); u += kThreads) {
       const int g = u / (D / 8);
       const int d0 = u % (D / 8) * 8;
-      if (bad) {
-        float o[8];
+      float o[8];
 #pragma unroll
-        for (int e = 0; e < 8; ++e) o[e] = fill;
-        write_out(g, d0, o);
-      }
+      for (int e = 0; e < 8; ++e) o[e] = bad ? fill : 0.f;
+      write_out(g, d0, o);
       if (d0 == 0) write_lse(g, fill);
     }
+    if (!direct) merge_if_last<T, D, GP, kThreads>(p, b, head0, nh, smem);
     return;
   }
 
@@ -344,57 +434,7 @@ __global__ void __launch_bounds__(Tiling<D>::kThreads, 4)
     write_out(g, d0, ov);
     if (d0 == 0) write_lse(g, mx + __log2f(sum));
   }
-}
-
-// One warp per (sequence, head): combines the splits' partials. Splits with lse -inf are empty;
-// a NaN lse (bad input) makes the result NaN.
-template <typename T, int D>
-__global__ void __launch_bounds__(32) merge_splits_kernel(T* __restrict__ out,
-                                                          float* __restrict__ lse,
-                                                          const float* __restrict__ part_out,
-                                                          const float* __restrict__ part_lse,
-                                                          int num_heads, int splits) {
-  const int64_t bh = blockIdx.x;
-  const int64_t b = bh / num_heads;
-  const int h = static_cast<int>(bh % num_heads);
-  const int lane = threadIdx.x;
-  const float* pl = part_lse + b * splits * num_heads + h;
-  float mx = -INFINITY;
-  bool nan = false;
-  for (int s = lane; s < splits; s += 32) {
-    const float x = pl[static_cast<int64_t>(s) * num_heads];
-    nan |= x != x;
-    mx = fmaxf(mx, x);
-  }
-  nan = __any_sync(0xffffffffu, nan);
-#pragma unroll
-  for (int off = 16; off > 0; off /= 2) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, off));
-  float sum = 0.f;
-  for (int s = lane; s < splits; s += 32) sum += exp2f(pl[static_cast<int64_t>(s) * num_heads] - mx);
-#pragma unroll
-  for (int off = 16; off > 0; off /= 2) sum += __shfl_xor_sync(0xffffffffu, sum, off);
-  const float nanf = __int_as_float(0x7fc00000);
-  if (lane < D / 8) {
-    float o[8] = {};
-    if (nan) {
-#pragma unroll
-      for (int e = 0; e < 8; ++e) o[e] = nanf;
-    } else {
-      const float inv = 1.f / sum;
-      for (int s = 0; s < splits; ++s) {
-        const float x = pl[static_cast<int64_t>(s) * num_heads];
-        if (x == -INFINITY) continue;  // empty split: its out was never written
-        const float f = exp2f(x - mx) * inv;
-        const float4* src = reinterpret_cast<const float4*>(
-            part_out + ((b * splits + s) * num_heads + h) * D + lane * 8);
-        const float4 lo = src[0], hi = src[1];
-        o[0] += lo.x * f; o[1] += lo.y * f; o[2] += lo.z * f; o[3] += lo.w * f;
-        o[4] += hi.x * f; o[5] += hi.y * f; o[6] += hi.z * f; o[7] += hi.w * f;
-      }
-    }
-    store_vec<8, true>(out + (b * num_heads + h) * D + lane * 8, pack<T>(o));
-  }
-  if (lane == 0) lse[b * num_heads + h] = nan ? nanf : (mx + __log2f(sum)) * kLn2;
+  if (!direct) merge_if_last<T, D, GP, kThreads>(p, b, head0, nh, smem);
 }
 
 int sm_count(int device) {
@@ -437,31 +477,61 @@ void launch_dtype(const DecodeParams& p, const DecodeShape& shape, int gp, cudaS
     case 128: launch_d<T, 128>(p, shape.batch, gp, stream); break;
     default: launch_d<T, 256>(p, shape.batch, gp, stream); break;
   }
-  if (p.splits > 1) {
-    const unsigned rows = static_cast<unsigned>(shape.batch * shape.num_heads);
-    T* out = static_cast<T*>(p.out);
-    switch (shape.head_dim) {
-      case 64: merge_splits_kernel<T, 64><<<rows, 32, 0, stream>>>(out, p.lse, p.part_out, p.part_lse, shape.num_heads, p.splits); break;
-      case 128: merge_splits_kernel<T, 128><<<rows, 32, 0, stream>>>(out, p.lse, p.part_out, p.part_lse, shape.num_heads, p.splits); break;
-      default: merge_splits_kernel<T, 256><<<rows, 32, 0, stream>>>(out, p.lse, p.part_out, p.part_lse, shape.num_heads, p.splits); break;
+}
+
+// Resident CTAs per SM of the kernel for (head_dim, query heads per CTA), read once per config
+// (the same for both dtypes); 4 (48 KB of shared memory each) if the query fails.
+template <int D, int GP>
+int occupancy_of() {
+  static std::atomic<int> cached{0};
+  int n = cached.load(std::memory_order_relaxed);
+  if (n == 0) {
+    const auto kernel = paged_decode_kernel<__nv_bfloat16, D, GP>;
+    if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, kernel, Tiling<D>::kThreads, Tiling<D>::kSmemBytes) !=
+            cudaSuccess ||
+        n <= 0) {
+      (void)cudaGetLastError();
+      n = 4;
     }
+    cached.store(n, std::memory_order_relaxed);
+  }
+  return n;
+}
+
+template <int D>
+int occupancy_d(int gp) {
+  switch (gp) {
+    case 1: return occupancy_of<D, 1>();
+    case 2: return occupancy_of<D, 2>();
+    case 4: return occupancy_of<D, 4>();
+    default: return occupancy_of<D, 8>();
   }
 }
 
 }  // namespace
 
+// Splits so that all CTAs run in one wave (ctas * splits <= SMs x resident CTAs per SM), each
+// split one long contiguous token range (a multiple of the tile, at least kMinSplitTokens), and no
+// split empty at the longest context. A launch of more than half a wave is not split: a second,
+// partial wave would cost more than the idle slots.
 int paged_decode_splits(const DecodeShape& shape, int window, int device) {
   const int group = shape.num_heads / shape.num_kv_heads;
   const int gp = group_pad(group);
   const int64_t ctas = shape.batch * shape.num_kv_heads * ceil_div(group, gp);
-  // Resident CTAs per SM: shared memory allows 4 (48 KB each).
-  const int64_t slots = static_cast<int64_t>(sm_count(device)) * 4;
-  if (ctas * 2 >= slots) return 1;
+  const int occ = shape.head_dim == 64 ? occupancy_d<64>(gp)
+                  : shape.head_dim == 128 ? occupancy_d<128>(gp)
+                                          : occupancy_d<256>(gp);
+  const int tile = 8192 / (2 * shape.head_dim);
+  const int64_t slots = static_cast<int64_t>(sm_count(device)) * occ;
+  if (ctas * 2 > slots) return 1;
   int64_t tokens = static_cast<int64_t>(shape.max_pages) * shape.page_size;
   if (window > 0 && window < tokens) tokens = window;
   const int64_t most = std::max<int64_t>(1, ceil_div(tokens, kMinSplitTokens));
-  const int64_t splits = std::min<int64_t>(std::min<int64_t>(ceil_div(slots, ctas), most), kMaxSplits);
-  return static_cast<int>(std::max<int64_t>(splits, 1));
+  int64_t splits = std::min<int64_t>(std::min<int64_t>(slots / ctas, most), kMaxSplits);
+  if (splits <= 1) return 1;
+  // The kernel's split length at this context; drop the splits it would leave empty.
+  const int64_t per_split = ceil_div(ceil_div(tokens, splits), tile) * tile;
+  return static_cast<int>(ceil_div(tokens, per_split));
 }
 
 cudaError_t launch_paged_decode(void* out, float* lse, float* part_out, float* part_lse,
@@ -477,6 +547,9 @@ cudaError_t launch_paged_decode(void* out, float* lse, float* part_out, float* p
   p.lse = lse;
   p.part_out = part_out;
   p.part_lse = part_lse;
+  // The split CTAs' counters: the last row [batch, num_heads] of part_lse (int32, zeroed by the
+  // caller once; each launch leaves them zero).
+  p.counters = splits > 1 ? reinterpret_cast<int*>(part_lse + shape.batch * splits * shape.num_heads) : nullptr;
   p.q = q;
   p.k_cache = k_cache;
   p.v_cache = v_cache;
