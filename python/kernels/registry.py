@@ -32,6 +32,11 @@ def _always(*args, **kwargs) -> str | None:
     return None
 
 
+# Backends made of plain torch ops (the composite and the reference): tested on CPU in CI and on
+# CUDA on the GPU machine; on ROCm and XPU the same torch ops run untested there.
+TORCH_OPS_PLATFORMS = {"cpu": "verified", "cuda": "verified", "rocm": "emulated", "xpu": "emulated"}
+
+
 @dataclass(frozen=True)
 class Implementation:
     op: str
@@ -43,7 +48,7 @@ class Implementation:
     supports: Callable[..., str | None] = field(default=_always)
     # Returns None when the implementation is usable in this process (library built, package
     # importable, device present), else the reason it is not.
-    available: Callable[[str], str | None] = field(default=lambda platform: None)
+    available: Callable[[str], str | None] = field(default=_always)
 
 
 _REGISTRY: dict[str, list[Implementation]] = {}
@@ -55,7 +60,7 @@ def register(
     backend: str,
     platforms: dict[str, str],
     supports: Callable[..., str | None] = _always,
-    available: Callable[[str], str | None] = lambda platform: None,
+    available: Callable[[str], str | None] = _always,
 ) -> Callable[[Callable], Callable]:
     """Decorator registering ``fn`` as ``backend``'s implementation of ``op``."""
     if backend not in BACKENDS:

@@ -2,14 +2,11 @@
 
 It runs wherever torch runs (the portable fallback on XPU and ROCm without Triton) and is the
 ``torch_eager`` peer of ``kernels bench`` (and, compiled, the ``torch_compile`` peer).
-Verification: tested on CPU in CI and on CUDA on the GPU machine; on ROCm and XPU the same torch
-ops run untested on that hardware, hence ``emulated``.
+Verification: ``registry.TORCH_OPS_PLATFORMS``.
 """
 
 from .. import registry
 from . import activation, norm, rope
-
-PLATFORMS = {"cpu": "verified", "cuda": "verified", "rocm": "emulated", "xpu": "emulated"}
 
 OPS = {
     "rms_norm": norm.rms_norm,
@@ -20,4 +17,4 @@ OPS = {
 }
 
 for _name, _fn in OPS.items():
-    registry.register(_name, "torch", PLATFORMS)(_fn)
+    registry.register(_name, "torch", registry.TORCH_OPS_PLATFORMS)(_fn)

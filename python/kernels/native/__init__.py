@@ -31,25 +31,36 @@ def _availability(op: str):
     return available
 
 
-def _ops():
-    kernels = torch.ops.kernels
-    return {
-        "rms_norm": lambda x, weight, eps: kernels.rms_norm(x, weight, eps),
-        "fused_add_rms_norm_": lambda x, residual, weight, eps: kernels.fused_add_rms_norm_(x, residual, weight, eps),
-        "rotary_embedding_": lambda positions, q, k, cache, is_neox: kernels.rotary_embedding_(
-            positions, q, k, cache, is_neox
-        ),
-        "silu_and_mul": lambda x: kernels.silu_and_mul(x),
-        "gelu_and_mul": lambda x, approximate: kernels.gelu_and_mul(x, approximate == "tanh"),
-        "store_kv_cache": lambda *args: kernels.store_kv_cache(*args),
-        "paged_decode_attention": lambda *args: kernels.paged_decode_attention(*args),
-        "paged_prefill_attention": lambda *args: kernels.paged_prefill_attention(*args),
-        "merge_attention_states": lambda *args: kernels.merge_attention_states(*args),
-    }
+OPS = (
+    "rms_norm",
+    "fused_add_rms_norm_",
+    "rotary_embedding_",
+    "silu_and_mul",
+    "store_kv_cache",
+    "paged_decode_attention",
+    "paged_prefill_attention",
+    "merge_attention_states",
+)
+
+
+def _forward(op: str):
+    """Calls torch.ops.kernels.<op> with the dispatch arguments; looked up at call time, since the
+    schema exists only once the library is loaded."""
+
+    def call(*args):
+        return getattr(torch.ops.kernels, op)(*args)
+
+    call.__name__ = op
+    return call
+
+
+def _gelu_and_mul(x, approximate):
+    # The schema takes a bool where the Python API takes the name of the approximation.
+    return torch.ops.kernels.gelu_and_mul(x, approximate == "tanh")
 
 
 if library.load() is None:
     register_fakes()
-for _name, _fn in _ops().items():
+for _name, _fn in [*((op, _forward(op)) for op in OPS), ("gelu_and_mul", _gelu_and_mul)]:
     _platforms = {"cpu": PLATFORMS["cpu"]} if _name in CPU_ONLY else PLATFORMS
     registry.register(_name, "native", _platforms, available=_availability(_name))(_fn)

@@ -52,11 +52,10 @@ def _check_query(q, k_cache, layout: str) -> None:
         )
 
 
-def _check_index(name: str, t, ndim: int, layout: str, device: torch.device) -> None:
+def _check_index(name: str, t, ndim: int, layout: str, q: torch.Tensor) -> None:
     checks.tensor(name, t, ndim=ndim, dtypes=(torch.int32,), layout=layout)
     checks.contiguous(name, t)
-    if t.device != device:
-        raise ValueError(f"{name} is on {t.device} but q is on {device}; put them on one device")
+    checks.same_device(name, t, "q", q)
 
 
 def _options(scale, sliding_window, soft_cap, head_dim: int) -> tuple[float, int, float]:
@@ -119,8 +118,7 @@ def store_kv_cache(
         checks.same_dtype(name, t, "k_cache", k_cache)
         checks.dim_size(name, t, 1, k_cache.shape[2], "num_kv_heads of k_cache")
         checks.dim_size(name, t, 2, k_cache.shape[3], "head_dim of k_cache")
-        if t.stride(2) != 1 or t.stride(1) != t.shape[2]:
-            raise ValueError(f"{name} must have contiguous heads (stride(2) == 1, stride(1) == head_dim); got {t.stride()}")
+        checks.heads_contiguous(name, t)
     checks.dim_size("v", v, 0, k.shape[0], "num_tokens of k")
     checks.tensor("slot_mapping", slot_mapping, ndim=1, dtypes=(torch.int64,), layout="[num_tokens]")
     checks.same_device("slot_mapping", slot_mapping, "k_cache", k_cache)
@@ -176,8 +174,8 @@ def paged_decode_attention(
     """
     _check_cache(k_cache, v_cache)
     _check_query(q, k_cache, "[batch, num_heads, head_dim]")
-    _check_index("page_table", page_table, 2, "[batch, max_pages]", q.device)
-    _check_index("seq_lens", seq_lens, 1, "[batch]", q.device)
+    _check_index("page_table", page_table, 2, "[batch, max_pages]", q)
+    _check_index("seq_lens", seq_lens, 1, "[batch]", q)
     checks.dim_size("page_table", page_table, 0, q.shape[0], "batch of q")
     checks.dim_size("seq_lens", seq_lens, 0, q.shape[0], "batch of q")
     checks.nonempty("page_table", page_table, 1, "max_pages")
@@ -235,9 +233,9 @@ def paged_prefill_attention(
     """
     _check_cache(k_cache, v_cache)
     _check_query(q, k_cache, "[total_new_tokens, num_heads, head_dim]")
-    _check_index("page_table", page_table, 2, "[batch, max_pages]", q.device)
-    _check_index("qo_indptr", qo_indptr, 1, "[batch + 1]", q.device)
-    _check_index("kv_lens", kv_lens, 1, "[batch]", q.device)
+    _check_index("page_table", page_table, 2, "[batch, max_pages]", q)
+    _check_index("qo_indptr", qo_indptr, 1, "[batch + 1]", q)
+    _check_index("kv_lens", kv_lens, 1, "[batch]", q)
     checks.dim_size("qo_indptr", qo_indptr, 0, page_table.shape[0] + 1, "batch + 1, from page_table")
     checks.dim_size("kv_lens", kv_lens, 0, page_table.shape[0], "batch, from page_table")
     checks.nonempty("page_table", page_table, 1, "max_pages")

@@ -59,6 +59,15 @@ def tracing() -> bool:
     return torch.compiler.is_compiling()
 
 
+def heads_contiguous(name: str, t: torch.Tensor) -> None:
+    """``t`` is ``[tokens, heads, head_dim]`` with contiguous heads; the token stride may be larger
+    (a view of a fused qkv projection)."""
+    if t.stride(2) != 1 or (t.shape[1] > 1 and t.stride(1) != t.shape[2]):
+        raise ValueError(
+            f"{name} must have contiguous heads (stride(2) == 1, stride(1) == head_dim); got strides {t.stride()}"
+        )
+
+
 def distinct(name: str, t: torch.Tensor, other_name: str, other: torch.Tensor) -> None:
     if tracing():
         return

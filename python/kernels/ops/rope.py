@@ -14,10 +14,7 @@ def _check_heads(name: str, t, head_dim: int | None) -> None:
     checks.nonempty(name, t, 2, "head_dim")
     if head_dim is not None:
         checks.dim_size(name, t, 2, head_dim, "head_dim of q")
-    if t.stride(2) != 1 or (t.shape[1] > 1 and t.stride(1) != t.shape[2]):
-        raise ValueError(
-            f"{name} must have contiguous heads (stride(2) == 1, stride(1) == head_dim); got strides {t.stride()}"
-        )
+    checks.heads_contiguous(name, t)
     if t.shape[0] > 1 and t.stride(0) < t.shape[1] * t.shape[2]:
         raise ValueError(f"{name} has overlapping tokens (strides {t.stride()})")
 

@@ -1,12 +1,10 @@
 """Registers the references as the last-resort ``reference`` backend on every platform.
 
-Plain torch ops: tested on CPU and on the GPU machine's CUDA; on ROCm and XPU untested there.
+Verification: ``registry.TORCH_OPS_PLATFORMS``.
 """
 
 from .. import registry
 from . import OPS
 
-PLATFORMS = {"cpu": "verified", "cuda": "verified", "rocm": "emulated", "xpu": "emulated"}
-
 for _name, _fn in OPS.items():
-    registry.register(_name, "reference", PLATFORMS)(_fn)
+    registry.register(_name, "reference", registry.TORCH_OPS_PLATFORMS)(_fn)
