@@ -226,38 +226,61 @@ void store_kv_cache(Tensor k, Tensor v, Tensor k_cache, Tensor v_cache, Tensor s
                op);
 }
 
+// What decode and prefill check alike: q [rows, heads, head_dim] contiguous, the caches of its
+// dtype and head_dim, page_table int32 [batch, max_pages], and the alignment of the 16-byte loads.
+struct AttentionShape {
+  Dtype dtype;
+  int64_t heads, head_dim, page_size, kv_heads, max_pages;
+};
+
+AttentionShape check_attention(const Tensor& q, const Tensor& k_cache, const Tensor& v_cache,
+                               const Tensor& page_table, int64_t batch, const char* op) {
+  const int32_t device = q.get_device_index();
+  check_on(q, device, "q");
+  check_caches(k_cache, v_cache, device, op);
+  check_on(page_table, device, "page_table");
+  KERNELS_CHECK(q.dim() == 3 && q.is_contiguous(), op, ": q must be contiguous [tokens, heads, head_dim]");
+  AttentionShape a{attention_dtype(q, op), q.size(1), q.size(2), k_cache.size(1), k_cache.size(2),
+                   page_table.size(1)};
+  KERNELS_CHECK(k_cache.scalar_type() == q.scalar_type(), op, ": the caches must have q's dtype");
+  KERNELS_CHECK(k_cache.size(3) == a.head_dim && (a.head_dim == 64 || a.head_dim == 128 || a.head_dim == 256),
+                op, ": head_dim must be 64, 128 or 256, the same in q and the caches");
+  KERNELS_CHECK(a.page_size >= 1 && a.page_size <= 256, op, ": page_size must be in [1, 256]");
+  KERNELS_CHECK(a.kv_heads >= 1 && a.heads >= a.kv_heads && a.heads % a.kv_heads == 0 && a.heads <= 65535, op,
+                ": num_heads must be a multiple of num_kv_heads");
+  KERNELS_CHECK(page_table.scalar_type() == ScalarType::Int && page_table.dim() == 2 &&
+                    page_table.size(0) == batch && page_table.is_contiguous(),
+                op, ": page_table must be contiguous int32 [batch, max_pages]");
+  KERNELS_CHECK(a.max_pages * a.page_size <= kIntMax && batch <= kIntMax, op, ": too many tokens");
+  for (const Tensor* t : {&q, &k_cache, &v_cache})
+    KERNELS_CHECK(reinterpret_cast<uintptr_t>(t->const_data_ptr()) % 16 == 0, op,
+                  ": q, k_cache and v_cache must be 16-byte aligned");
+  return a;
+}
+
+void check_lengths(const Tensor& t, int64_t size, int32_t device, const char* name, const char* op) {
+  check_on(t, device, name);
+  KERNELS_CHECK(t.scalar_type() == ScalarType::Int && t.dim() == 1 && t.size(0) == size && t.is_contiguous(),
+                op, ": ", name, " must be contiguous int32 [", size, "]");
+}
+
+int check_window(int64_t window, const char* op) {
+  KERNELS_CHECK(window == -1 || (window >= 1 && window <= kIntMax), op, ": window must be -1 or positive");
+  return static_cast<int>(window);
+}
+
 std::tuple<Tensor, Tensor> paged_decode_attention(Tensor q, Tensor k_cache, Tensor v_cache,
                                                   Tensor page_table, Tensor seq_lens,
                                                   double scale, int64_t window, double soft_cap) {
   const char* op = "paged_decode_attention";
   const int32_t device = q.get_device_index();
-  check_on(q, device, "paged_decode_attention: q");
-  check_caches(k_cache, v_cache, device, op);
-  check_on(page_table, device, "paged_decode_attention: page_table");
-  check_on(seq_lens, device, "paged_decode_attention: seq_lens");
-  const Dtype dtype = attention_dtype(q, op);
-  KERNELS_CHECK(k_cache.scalar_type() == q.scalar_type(), op, ": the caches must have q's dtype");
-  KERNELS_CHECK(q.dim() == 3 && q.is_contiguous(), op, ": q must be contiguous [batch, heads, head_dim]");
-  const int64_t batch = q.size(0), heads = q.size(1), head_dim = q.size(2);
-  const int64_t page_size = k_cache.size(1), kv_heads = k_cache.size(2);
-  KERNELS_CHECK(k_cache.size(3) == head_dim && (head_dim == 64 || head_dim == 128 || head_dim == 256),
-                op, ": head_dim must be 64, 128 or 256, the same in q and the caches");
-  KERNELS_CHECK(page_size >= 1 && page_size <= 256, op, ": page_size must be in [1, 256]");
-  KERNELS_CHECK(kv_heads >= 1 && heads >= kv_heads && heads % kv_heads == 0 && heads <= 65535, op,
-                ": num_heads must be a multiple of num_kv_heads");
-  KERNELS_CHECK(page_table.scalar_type() == ScalarType::Int && page_table.dim() == 2 &&
-                    page_table.size(0) == batch && page_table.is_contiguous(),
-                op, ": page_table must be contiguous int32 [batch, max_pages]");
-  KERNELS_CHECK(seq_lens.scalar_type() == ScalarType::Int && seq_lens.dim() == 1 &&
-                    seq_lens.size(0) == batch && seq_lens.is_contiguous(),
-                op, ": seq_lens must be contiguous int32 [batch]");
-  const int64_t max_pages = page_table.size(1);
-  KERNELS_CHECK(max_pages * page_size <= kIntMax && batch <= kIntMax, op, ": too many tokens");
-  KERNELS_CHECK(window == -1 || (window >= 1 && window <= kIntMax), op,
-                ": window must be -1 or positive");
-  for (const Tensor* t : {&q, &k_cache, &v_cache})
-    KERNELS_CHECK(reinterpret_cast<uintptr_t>(t->const_data_ptr()) % 16 == 0, op,
-                  ": q, k_cache and v_cache must be 16-byte aligned");
+  const int64_t batch = q.size(0);
+  const AttentionShape a = check_attention(q, k_cache, v_cache, page_table, batch, op);
+  check_lengths(seq_lens, batch, device, "seq_lens", op);
+  const Dtype dtype = a.dtype;
+  const int64_t heads = a.heads, head_dim = a.head_dim, page_size = a.page_size, kv_heads = a.kv_heads;
+  const int64_t max_pages = a.max_pages;
+  const int window_i = check_window(window, op);
   Tensor out = torch::stable::new_empty(q, {batch, heads, head_dim});
   Tensor lse = torch::stable::new_empty(q, {batch, heads}, ScalarType::Float);
   if (batch == 0) return std::make_tuple(out, lse);
@@ -269,7 +292,6 @@ std::tuple<Tensor, Tensor> paged_decode_attention(Tensor q, Tensor k_cache, Tens
                           static_cast<int>(max_pages),
                           k_cache.size(0)};
   const DeviceGuard guard(device);
-  const int window_i = static_cast<int>(window);
   const int splits = max_pages == 0 ? 1 : paged_decode_splits(shape, window_i, device);
   // The split partials come from torch's caching allocator (stream-ordered, graph-capture safe).
   float* part_out = nullptr;
@@ -289,6 +311,37 @@ std::tuple<Tensor, Tensor> paged_decode_attention(Tensor q, Tensor k_cache, Tens
                                    static_cast<const int32_t*>(seq_lens.const_data_ptr()), shape,
                                    splits, static_cast<float>(scale), window_i,
                                    static_cast<float>(soft_cap), dtype, current_stream(device)),
+               op);
+  return std::make_tuple(out, lse);
+}
+
+std::tuple<Tensor, Tensor> paged_prefill_attention(Tensor q, Tensor k_cache, Tensor v_cache,
+                                                   Tensor page_table, Tensor qo_indptr,
+                                                   Tensor kv_lens, double scale, bool causal,
+                                                   int64_t window, double soft_cap) {
+  const char* op = "paged_prefill_attention";
+  const int32_t device = q.get_device_index();
+  const int64_t batch = page_table.size(0), total_q = q.size(0);
+  const AttentionShape a = check_attention(q, k_cache, v_cache, page_table, batch, op);
+  check_lengths(qo_indptr, batch + 1, device, "qo_indptr", op);
+  check_lengths(kv_lens, batch, device, "kv_lens", op);
+  const int window_i = check_window(window, op);
+  KERNELS_CHECK(total_q <= kIntMax, op, ": too many query tokens");
+  Tensor out = torch::stable::new_empty(q, {total_q, a.heads, a.head_dim});
+  Tensor lse = torch::stable::new_empty(q, {total_q, a.heads}, ScalarType::Float);
+  if (total_q == 0 || batch == 0) return std::make_tuple(out, lse);
+  const PrefillShape shape{static_cast<int>(total_q),     static_cast<int>(batch),
+                           static_cast<int>(a.heads),     static_cast<int>(a.kv_heads),
+                           static_cast<int>(a.head_dim),  static_cast<int>(a.page_size),
+                           static_cast<int>(a.max_pages), k_cache.size(0)};
+  const DeviceGuard guard(device);
+  check_launch(launch_paged_prefill(out.mutable_data_ptr(), static_cast<float*>(lse.mutable_data_ptr()),
+                                    q.const_data_ptr(), k_cache.const_data_ptr(), v_cache.const_data_ptr(),
+                                    static_cast<const int32_t*>(page_table.const_data_ptr()),
+                                    static_cast<const int32_t*>(qo_indptr.const_data_ptr()),
+                                    static_cast<const int32_t*>(kv_lens.const_data_ptr()), shape,
+                                    static_cast<float>(scale), causal, window_i,
+                                    static_cast<float>(soft_cap), a.dtype, current_stream(device)),
                op);
   return std::make_tuple(out, lse);
 }
@@ -334,5 +387,5 @@ STABLE_TORCH_LIBRARY_IMPL(kernels, CUDA, m) {
   m.impl("store_kv_cache", TORCH_BOX(&kernels::cuda::store_kv_cache));
   m.impl("paged_decode_attention", TORCH_BOX(&kernels::cuda::paged_decode_attention));
   m.impl("merge_attention_states", TORCH_BOX(&kernels::cuda::merge_attention_states));
-  // paged_prefill_attention has no CUDA kernel here: the registry takes the Triton backend.
+  m.impl("paged_prefill_attention", TORCH_BOX(&kernels::cuda::paged_prefill_attention));
 }

@@ -12,6 +12,7 @@ target_sources(kernels_C PRIVATE
   "${_kernels_cuda_dir}/activation/act_and_mul.cu"
   "${_kernels_cuda_dir}/attention/kv_cache.cu"
   "${_kernels_cuda_dir}/attention/paged_decode.cu"
+  "${_kernels_cuda_dir}/attention/paged_prefill.cu"
   "${_kernels_cuda_dir}/norm/rms_norm.cu"
   "${_kernels_cuda_dir}/norm/fused_add_rms_norm.cu"
   "${_kernels_cuda_dir}/rotary/rotary_embedding.cu")

@@ -8,18 +8,10 @@ import torch.nn.functional as F
 
 import kernels
 from kernels import reference
-from kernels import registry
 from tests.helpers import assert_close, device_backend_params
 
 # Half-precision attention rounds q, K, V and the output: the norm-level tolerance is what holds.
 ATTN_DTYPES = [torch.float32, torch.bfloat16, torch.float16]
-
-
-def _require(device, backend, op):
-    """CUDA prefill has no native kernel yet (the registry runs Triton there): skip, do not fake it."""
-    native = next(i for i in registry.implementations(op) if i.backend == "native")
-    if device == "cuda" and backend == "native" and "cuda" not in native.platforms:
-        pytest.skip(f"no native CUDA {op} kernel yet")
 
 
 def _dtypes_for(device):
@@ -120,7 +112,6 @@ PREFILL_CASES = [
 @pytest.mark.parametrize("causal", [True, False])
 @pytest.mark.parametrize("dtype_index", [0, 1])
 def test_prefill(device, backend, case, causal, dtype_index):
-    _require(device, backend, "paged_prefill_attention")
     dtype = _dtypes_for(device)[dtype_index]
     new, prefix, page_size, heads, kv_heads, head_dim = case
     kv_lens_list = [n + p for n, p in zip(new, prefix)]
@@ -138,9 +129,39 @@ def test_prefill(device, backend, case, causal, dtype_index):
     assert_close(lse, ref_lse, torch.float32 if dtype == torch.float32 else torch.bfloat16, "lse")
 
 
+GPU_PREFILL_CASES = [
+    # Several query tiles per sequence, long prefixes, ragged: (new, prefix, page, heads, kv_heads, dim)
+    ([300, 129, 1], [0, 1000, 77], 16, 8, 2, 128),
+    ([257, 64], [0, 3], 64, 4, 4, 64),
+    ([100, 70], [500, 0], 16, 4, 2, 256),
+]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", ["native", "triton"])
+@pytest.mark.parametrize("case", GPU_PREFILL_CASES, ids=lambda c: f"n{'-'.join(map(str, c[0]))}_d{c[5]}")
+@pytest.mark.parametrize("causal", [True, False])
+@pytest.mark.parametrize("window,soft_cap", [(-1, 0.0), (100, 30.0)])
+def test_prefill_many_tiles_on_gpu(backend, case, causal, window, soft_cap):
+    new, prefix, page_size, heads, kv_heads, head_dim = case
+    lengths = [n + p for n, p in zip(new, prefix)]
+    k_cache, v_cache = make_cache(_pages_needed(lengths, page_size), page_size, kv_heads, head_dim, torch.bfloat16, "cuda")
+    table = make_page_table(lengths, page_size, k_cache.shape[0], "cuda", share=False)
+    qo_indptr = torch.tensor([0, *torch.tensor(new).cumsum(0).tolist()], dtype=torch.int32, device="cuda")
+    kv_lens = torch.tensor(lengths, dtype=torch.int32, device="cuda")
+    q = torch.randn(sum(new), heads, head_dim, dtype=torch.bfloat16, device="cuda")
+    args = (q, k_cache, v_cache, table, qo_indptr, kv_lens)
+    ref_out, ref_lse = reference.paged_prefill_attention(*args, head_dim**-0.5, causal, window, soft_cap)
+    with kernels.backend(backend):
+        out, lse = kernels.paged_prefill_attention(
+            *args, causal, sliding_window=None if window < 0 else window, soft_cap=soft_cap or None, return_lse=True
+        )
+    assert_close(out, ref_out, torch.bfloat16)
+    assert_close(lse, ref_lse, torch.bfloat16, "lse")
+
+
 @pytest.mark.parametrize("device,backend", device_backend_params())
 def test_prefill_window_and_soft_cap(device, backend):
-    _require(device, backend, "paged_prefill_attention")
     dtype = _dtypes_for(device)[0]
     new, prefix, page_size = [20, 6], [10, 40], 16
     lengths = [n + p for n, p in zip(new, prefix)]
@@ -176,7 +197,6 @@ def test_store_kv_cache(device, backend):
 @pytest.mark.parametrize("device,backend", device_backend_params())
 def test_split_kv_merge_equals_whole(device, backend):
     """Attention over a prefix and over the rest, merged, is attention over everything."""
-    _require(device, backend, "paged_prefill_attention")
     dtype = _dtypes_for(device)[0]
     page_size, length, split = 16, 90, 37
     k_cache, v_cache = make_cache(8, page_size, 2, 64, dtype, device)
@@ -247,6 +267,20 @@ def test_bad_page_index_on_gpu_gives_nan_not_a_read(backend):
         out, lse = kernels.paged_decode_attention(q, k_cache, v_cache, table, seq_lens, return_lse=True)
     torch.cuda.synchronize()
     assert not torch.isnan(out[0]).any() and torch.isnan(out[1]).all() and torch.isnan(lse[1]).all()
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", ["native", "triton"])
+def test_bad_page_index_in_prefill_on_gpu_gives_nan_not_a_read(backend):
+    k_cache, v_cache = make_cache(4, 16, 1, 64, torch.bfloat16, "cuda")
+    table = torch.tensor([[0, 1], [2, 1000]], dtype=torch.int32, device="cuda")
+    qo_indptr = torch.tensor([0, 5, 8], dtype=torch.int32, device="cuda")
+    kv_lens = torch.tensor([20, 20], dtype=torch.int32, device="cuda")
+    q = torch.randn(8, 2, 64, dtype=torch.bfloat16, device="cuda")
+    with kernels.backend(backend):
+        out, lse = kernels.paged_prefill_attention(q, k_cache, v_cache, table, qo_indptr, kv_lens, return_lse=True)
+    torch.cuda.synchronize()
+    assert not torch.isnan(out[:5]).any() and torch.isnan(out[5:]).all() and torch.isnan(lse[5:]).all()
 
 
 def _decode_args(**overrides):

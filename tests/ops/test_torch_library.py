@@ -39,9 +39,8 @@ def _samples(device, dtype):
         (ops.paged_decode_attention, (qa, k_cache, v_cache, table, lens, 0.125, 8, 30.0)),
         (ops.merge_attention_states, (qa, lse, qa * 2, lse - 1)),
     ]
-    if device == "cpu":  # no CUDA prefill kernel yet
-        q5 = torch.randn(5, 4, 64, dtype=dtype, device=device)
-        attention_samples.append((ops.paged_prefill_attention, (q5, k_cache, v_cache, table, indptr, lens, 0.125, True, -1, 0.0)))
+    q5 = torch.randn(5, 4, 64, dtype=dtype, device=device)
+    attention_samples.append((ops.paged_prefill_attention, (q5, k_cache, v_cache, table, indptr, lens, 0.125, True, -1, 0.0)))
     return (attention_samples if attention else []) + [
         (ops.rms_norm, (x, w, 1e-6)),
         (ops.rms_norm, (torch.randn(0, h, dtype=dtype, device=device), w, 1e-6)),

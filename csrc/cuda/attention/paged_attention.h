@@ -37,6 +37,19 @@ cudaError_t launch_paged_decode(void* out, float* lse, float* part_out, float* p
                                 const DecodeShape& shape, int splits, float scale, int window,
                                 float soft_cap, Dtype dtype, cudaStream_t stream);
 
+struct PrefillShape {
+  int total_q, batch, num_heads, num_kv_heads, head_dim, page_size, max_pages;
+  int64_t num_pages;
+};
+
+// q [total_q, num_heads, head_dim] (contiguous) -> out (q's dtype, bf16 / fp16), lse [total_q,
+// num_heads] float32; qo_indptr [batch + 1], kv_lens [batch] int32 on the device.
+cudaError_t launch_paged_prefill(void* out, float* lse, const void* q, const void* k_cache,
+                                 const void* v_cache, const int32_t* page_table,
+                                 const int32_t* qo_indptr, const int32_t* kv_lens,
+                                 const PrefillShape& shape, float scale, bool causal, int window,
+                                 float soft_cap, Dtype dtype, cudaStream_t stream);
+
 // v_a, v_b, v [rows, dim] contiguous; lse_a, lse_b, lse [rows] float32.
 cudaError_t launch_merge_attention_states(void* v, float* lse, const void* v_a, const float* lse_a,
                                           const void* v_b, const float* lse_b, int64_t rows,

@@ -49,6 +49,27 @@ __device__ __forceinline__ void mma_top(float& c0, float& c1, uint32_t a0, uint3
   (void)d3;
 }
 
+// D += A B for a full 16x16 A (row-major) and 16x8 B (column-major). Lane i (q = i / 4,
+// r = i % 4): a = {A[q][2r..], A[q+8][2r..], A[q][2r+8..], A[q+8][2r+8..]} (ldmatrix_x4 of the
+// four 8x8 quadrants in that order); b0 = B[2r, 2r+1][q], b1 = B[2r+8, 2r+9][q];
+// d = {D[q][2r], D[q][2r+1], D[q+8][2r], D[q+8][2r+1]}.
+template <typename T>
+__device__ __forceinline__ void mma_16816(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+  if constexpr (std::is_same_v<T, __nv_bfloat16>) {
+    asm(
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, "
+        "{%8, %9}, {%0, %1, %2, %3};\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+  } else {
+    asm(
+        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, "
+        "{%8, %9}, {%0, %1, %2, %3};\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+  }
+}
+
 // Two floats as a b16 pair (x in the low half).
 template <typename T>
 __device__ __forceinline__ uint32_t pack2(float x, float y) {

@@ -13,8 +13,6 @@ from . import library
 from .fakes import register_fakes
 
 PLATFORMS = {"cpu": "verified", "cuda": "verified"}
-# Ops whose CUDA kernel is not written yet: the registry runs the next backend (Triton) there.
-CPU_ONLY = {"paged_prefill_attention"}
 _DISPATCH_KEYS = {"cpu": "CPU", "cuda": "CUDA"}
 
 
@@ -59,8 +57,17 @@ def _gelu_and_mul(x, approximate):
     return torch.ops.kernels.gelu_and_mul(x, approximate == "tanh")
 
 
+def _half_precision_on_gpu(q, *args) -> str | None:
+    # The CUDA attention kernels are tensor-core kernels: bf16 / fp16 only.
+    if q.device.type != "cpu" and q.dtype == torch.float32:
+        return "float32 attention runs natively on the CPU only (Triton takes it on GPUs)"
+    return None
+
+
+ATTENTION = {"paged_decode_attention", "paged_prefill_attention"}
+
 if library.load() is None:
     register_fakes()
 for _name, _fn in [*((op, _forward(op)) for op in OPS), ("gelu_and_mul", _gelu_and_mul)]:
-    _platforms = {"cpu": PLATFORMS["cpu"]} if _name in CPU_ONLY else PLATFORMS
-    registry.register(_name, "native", _platforms, available=_availability(_name))(_fn)
+    _supports = {"supports": _half_precision_on_gpu} if _name in ATTENTION else {}
+    registry.register(_name, "native", PLATFORMS, available=_availability(_name), **_supports)(_fn)
