@@ -1,0 +1,271 @@
+"""The offline engine: a model, its KV pool, the scheduler and the sampler behind a small API.
+
+``generate`` and ``stream`` serve a script; ``add_request`` / ``step`` / ``abort`` are the loop
+the server drives. Everything runs in the caller's thread, one step at a time.
+"""
+
+from __future__ import annotations
+
+import itertools
+import numbers
+import os
+from collections.abc import Iterator, Mapping
+
+import torch
+
+from .loader import load_model
+from .memory import KVPool
+from .outputs import GenerationOutput, StepOutput, TokenLogprob, Usage
+from .request import Request
+from .sampling import Sampler, SamplingParams, make_generator
+from .scheduler import Scheduler, SchedulerStats
+from .tokenizer import IncrementalDetokenizer
+
+
+class Engine:
+    """Generate text with continuous batching and prefix caching.
+
+    Parameters
+    ----------
+    model : str, os.PathLike, LoadedModel or None
+        A model path for :func:`kernels.serve.loader.load_model` (``None``: the default SmolLM2 GGUF), or
+        an already loaded model (anything with ``model``, ``config`` and ``tokenizer``).
+    device, dtype, load_format
+        Passed to ``load_model`` when it loads the model (a loaded model keeps its own).
+    page_size : int
+        Tokens per KV page.
+    max_total_tokens : int, optional
+        Cap on the KV pool in tokens; on CPU it sets the pool's size (default 16384).
+    memory_fraction : float
+        On CUDA, the fraction of the memory free after loading the weights given to the KV pool.
+    max_batch_tokens : int
+        Tokens one step computes at most (prefill chunks and decode tokens).
+    max_running_requests : int
+        Requests decoding at once at most.
+    enable_prefix_cache : bool
+        Reuse the K/V of prompt prefixes computed before (radix cache).
+    """
+
+    def __init__(self, model=None, *, device="auto", dtype="auto", load_format="auto", page_size: int = 16,
+                 max_total_tokens: int | None = None, memory_fraction: float = 0.85, max_batch_tokens: int = 2048,
+                 max_running_requests: int = 256, enable_prefix_cache: bool = True):
+        if model is None or isinstance(model, (str, os.PathLike)):
+            model = load_model(model, device=device, dtype=dtype, load_format=load_format)
+        self.model = model.model
+        self.config = model.config
+        self.tokenizer = model.tokenizer
+        self.name = getattr(model, "name", "model")
+        self.device = self.model.device
+        c = self.config
+        num_pages = KVPool.num_pages_for(c.num_layers, c.num_kv_heads, c.head_dim, page_size, self.model.dtype,
+                                         self.device, max_total_tokens=max_total_tokens,
+                                         memory_fraction=memory_fraction)
+        self.pool = KVPool(c.num_layers, c.num_kv_heads, c.head_dim, page_size, num_pages, self.model.dtype,
+                           self.device)
+        self.scheduler = Scheduler(self.pool, max_context=c.max_position, max_batch_tokens=max_batch_tokens,
+                                   max_running=max_running_requests, enable_prefix_cache=enable_prefix_cache)
+        self.sampler = Sampler()
+        self.eos_token_ids = set(c.eos_token_ids) | (self.tokenizer.eos_token_ids if self.tokenizer else set())
+        self._requests: dict[str, Request] = {}
+        self._ids = itertools.count()
+
+    @property
+    def stats(self) -> SchedulerStats:
+        """Counters: prompt tokens computed and served from the cache, preemptions, steps."""
+        return self.scheduler.stats
+
+    # ---- the offline API -------------------------------------------------------------------
+
+    def generate(self, prompts, sampling_params=None) -> list[GenerationOutput]:
+        """Run prompts to completion, batched together.
+
+        Parameters
+        ----------
+        prompts : str, list of str, list of int or list of list of int
+            Text (needs a tokenizer) or token ids; one prompt or a list of them.
+        sampling_params : SamplingParams, dict, or a list of either, optional
+            One for all prompts, or one per prompt. Default: ``SamplingParams()``.
+
+        Returns
+        -------
+        list of GenerationOutput
+            One per prompt, in order.
+
+        Raises
+        ------
+        ValueError
+            A bad prompt or parameter, or a request that can never fit (prompt + ``max_tokens``
+            beyond the context length or the KV pool); raised before anything runs.
+
+        Notes
+        -----
+        ``generate`` and ``stream`` call :meth:`step` themselves: requests queued with
+        :meth:`add_request` advance meanwhile, but their outputs are not reported to anyone.
+        """
+        if isinstance(prompts, str) or (isinstance(prompts, list) and prompts and isinstance(prompts[0], numbers.Integral)):
+            prompts = [prompts]
+        if not isinstance(prompts, (list, tuple)) or not prompts:
+            raise ValueError("prompts must be a str, a list of token ids, or a non-empty list of those")
+        if sampling_params is None or isinstance(sampling_params, (SamplingParams, Mapping)):
+            sampling_params = [sampling_params] * len(prompts)
+        elif len(sampling_params) != len(prompts):
+            raise ValueError(f"sampling_params has {len(sampling_params)} entries for {len(prompts)} prompts")
+        requests = [self._make_request(f"gen-{next(self._ids)}", p, sp) for p, sp in zip(prompts, sampling_params)]
+        for req in requests:
+            self._submit(req)
+        while not all(r.finished for r in requests):
+            self.step()
+        return [self._final_output(r) for r in requests]
+
+    def stream(self, prompt, sampling_params=None) -> Iterator[StepOutput]:
+        """Run one prompt, yielding its increments as they come; closing the iterator early
+        aborts the request."""
+        request_id = f"stream-{next(self._ids)}"
+        self.add_request(request_id, prompt, sampling_params)
+        finished = False
+        try:
+            while not finished:
+                for out in self.step():
+                    if out.request_id == request_id:
+                        finished = out.finished
+                        yield out
+        finally:
+            if not finished:
+                self.abort(request_id)
+
+    # ---- the loop a server drives ------------------------------------------------------------
+
+    def add_request(self, request_id: str, prompt, sampling_params=None) -> None:
+        """Queue a request; its outputs come from :meth:`step`. ``ValueError`` for a duplicate id,
+        bad input, or a request that can never fit."""
+        if request_id in self._requests:
+            raise ValueError(f"request_id {request_id!r} is already in use")
+        self._submit(self._make_request(request_id, prompt, sampling_params))
+
+    def step(self) -> list[StepOutput]:
+        """Run one batch; return an output for each request that produced tokens or finished."""
+        batch = self.scheduler.schedule()
+        if batch is None:
+            return []
+        logits = self.model(batch.forward, self.pool.kv_caches)
+        rows = batch.sample_rows
+        if not rows:
+            self.scheduler.update(batch, [])
+            return []
+        if len(rows) < len(batch.requests):
+            logits = logits[torch.tensor(rows, device=logits.device)]
+        reqs = [batch.requests[i] for i in rows]
+        sampled = self.sampler.sample(logits, [r.params for r in reqs], [r.prompt_ids for r in reqs],
+                                      [r.output_ids for r in reqs], [r.generator for r in reqs])
+        token_ids = sampled.token_ids.tolist()
+        self.scheduler.update(batch, token_ids)
+        outputs = []
+        want_logprobs = any(r.logprobs is not None for r in reqs)
+        chosen = sampled.logprobs.tolist() if want_logprobs else None
+        top_ids = sampled.top_ids.tolist() if want_logprobs and sampled.top_ids is not None else None
+        top_lps = sampled.top_logprobs.tolist() if top_ids is not None else None
+        for j, req in enumerate(reqs):
+            if req.logprobs is not None:
+                n = req.params.logprobs
+                top = list(zip(top_ids[j][:n], top_lps[j][:n])) if n else []
+                req.logprobs.append(TokenLogprob(token_ids[j], chosen[j], top))
+            self._check_stop(req, token_ids[j])
+            if req.finished:
+                self.scheduler.finish(req)
+                del self._requests[req.request_id]
+            outputs.append(self._step_output(req))
+        return outputs
+
+    def abort(self, request_id: str) -> StepOutput | None:
+        """Stop a request and free its pages. Returns its last output (finish reason
+        ``"abort"``), or ``None`` if no such request is running or waiting; :meth:`step` will not
+        mention it again."""
+        req = self._requests.pop(request_id, None)
+        if req is None:
+            return None
+        self.scheduler.finish(req)
+        req.finish_reason = "abort"
+        return self._step_output(req)
+
+    def has_unfinished(self) -> bool:
+        return bool(self._requests)
+
+    # ---- internals ---------------------------------------------------------------------------
+
+    def _make_request(self, request_id: str, prompt, sampling_params) -> Request:
+        if sampling_params is None:
+            params = SamplingParams()
+        elif isinstance(sampling_params, SamplingParams):
+            params = sampling_params
+        elif isinstance(sampling_params, Mapping):
+            params = SamplingParams.from_mapping(sampling_params)
+        else:
+            raise TypeError(f"sampling_params must be SamplingParams or a dict, got {type(sampling_params).__name__}")
+        if isinstance(prompt, str):
+            if self.tokenizer is None:
+                raise ValueError("this model has no tokenizer: give the prompt as token ids")
+            prompt_ids = self.tokenizer.encode(prompt)
+        elif isinstance(prompt, (list, tuple)) and all(
+            isinstance(t, numbers.Integral) and not isinstance(t, bool) for t in prompt
+        ):
+            prompt_ids = [int(t) for t in prompt]
+        else:
+            raise TypeError("prompt must be a str or a list of int token ids")
+        if not prompt_ids:
+            raise ValueError("prompt must hold at least one token")
+        vocab = self.config.vocab_size
+        if min(prompt_ids) < 0 or max(prompt_ids) >= vocab:
+            raise ValueError(f"prompt token ids must lie in [0, {vocab}) (the vocabulary)")
+        if params.stop and self.tokenizer is None:
+            raise ValueError("stop strings need a tokenizer, and this model has none: use stop_token_ids")
+        self.scheduler.check_fits(len(prompt_ids), params.max_tokens)
+        req = Request(request_id, prompt_ids, params)
+        if params.seed is not None:
+            req.generator = make_generator(params.seed, self.device)
+        if self.tokenizer is not None:
+            req.detokenizer = IncrementalDetokenizer(self.tokenizer, prompt_ids)
+        if params.logprobs is not None:
+            req.logprobs = []
+        return req
+
+    def _submit(self, req: Request) -> None:
+        self.scheduler.add(req)
+        self._requests[req.request_id] = req
+
+    def _check_stop(self, req: Request, token: int) -> None:
+        p = req.params
+        if token in p.stop_token_ids or (not p.ignore_eos and token in self.eos_token_ids):
+            req.finish_reason = "stop"  # the stop token's own text is left out
+            return
+        if req.detokenizer is not None:
+            old = len(req.text)
+            req.text += req.detokenizer.add(token)
+            if p.stop:
+                # Only a match ending in the new text is new; it starts at most len(stop) - 1 earlier.
+                start = max(0, old - max(len(s) for s in p.stop) + 1)
+                hits = [i for i in (req.text.find(s, start) for s in p.stop) if i >= 0]
+                if hits:
+                    req.text = req.text[: min(hits)]
+                    req.finish_reason = "stop"
+                    return
+        if len(req.output_ids) >= p.max_tokens:
+            req.finish_reason = "length"
+
+    def _step_output(self, req: Request) -> StepOutput:
+        end = len(req.text)
+        if not req.finished and req.params.stop:
+            # Hold back what could be the start of a stop string.
+            end = max(req.sent_text, end - max(len(s) for s in req.params.stop) + 1)
+        text = req.text[req.sent_text : end]
+        tokens = req.output_ids[req.sent_tokens :]
+        logprobs = req.logprobs[req.sent_tokens :] if req.logprobs is not None else None
+        req.sent_text, req.sent_tokens = end, len(req.output_ids)
+        return StepOutput(req.request_id, tokens, text, logprobs, req.finished, req.finish_reason, self._usage(req))
+
+    def _final_output(self, req: Request) -> GenerationOutput:
+        return GenerationOutput(req.request_id, req.text, list(req.output_ids), req.finish_reason, self._usage(req),
+                                req.logprobs)
+
+    @staticmethod
+    def _usage(req: Request) -> Usage:
+        return Usage(len(req.prompt_ids), len(req.output_ids), req.cached_tokens or 0)

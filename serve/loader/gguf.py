@@ -1,0 +1,147 @@
+"""Load a GGUF file (llama.cpp's format): config from its metadata, weights dequantised to the model dtype."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import torch
+
+from ..model import ModelConfig
+from .common import build_model
+
+# GGUF architecture -> Hugging Face class (Mistral files say "llama").
+GGUF_ARCHITECTURES = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM"}
+TENSOR_TYPES = ("F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1")
+
+_TOP_NAMES = {
+    "token_embd.weight": "model.embed_tokens.weight",
+    "output_norm.weight": "model.norm.weight",
+    "output.weight": "lm_head.weight",
+}
+_LAYER_NAMES = {
+    "attn_norm.weight": "input_layernorm.weight",
+    "ffn_norm.weight": "post_attention_layernorm.weight",
+    "attn_output.weight": "self_attn.o_proj.weight",
+    "attn_q_norm.weight": "self_attn.q_norm.weight",
+    "attn_k_norm.weight": "self_attn.k_norm.weight",
+    "ffn_gate.weight": "mlp.gate_proj.weight",
+    "ffn_up.weight": "mlp.up_proj.weight",
+    "ffn_down.weight": "mlp.down_proj.weight",
+    **{f"attn_{p}.{kind}": f"self_attn.{p}_proj.{kind}" for p in "qkv" for kind in ("weight", "bias")},
+}
+# llama.cpp keeps Llama 3.1's rope scaling as this tensor of per-frequency divisors.
+_ROPE_FREQS = "rope_freqs.weight"
+
+
+def hf_name(name: str) -> str:
+    """The Hugging Face name of a GGUF tensor (``blk.3.attn_q.weight`` -> ``model.layers.3.self_attn.q_proj.weight``)."""
+    if name in _TOP_NAMES:
+        return _TOP_NAMES[name]
+    parts = name.split(".", 2)
+    if len(parts) == 3 and parts[0] == "blk" and parts[1].isdigit() and parts[2] in _LAYER_NAMES:
+        return f"model.layers.{parts[1]}.{_LAYER_NAMES[parts[2]]}"
+    raise ValueError(f"GGUF tensor {name} has no place in a Llama-family model")
+
+
+def load_gguf(path: str, device: torch.device, dtype: torch.dtype):
+    """Read ``path``; return ``(model, config, has_tokenizer)``, the last whether the metadata holds a tokenizer.
+
+    Raises
+    ------
+    FileNotFoundError
+        No such file.
+    ValueError
+        Not a readable GGUF file (corrupt or truncated), an unsupported architecture or tensor
+        type, or tensors missing or misshapen for the config in the metadata.
+    """
+    from gguf import GGUFReader
+
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"GGUF file {path} does not exist")
+    try:
+        reader = GGUFReader(path)
+    except Exception as e:  # the reader raises whatever numpy does on a short or garbled file
+        raise ValueError(f"{path} is not a readable GGUF file (corrupt or truncated?): {e}") from e
+    arch = _field(reader, "general.architecture")
+    config = ModelConfig.from_hf(gguf_hf_config(reader))
+    tensors = {t.name: t for t in reader.tensors if t.name != _ROPE_FREQS}
+    for t in tensors.values():
+        if t.tensor_type.name not in TENSOR_TYPES:
+            raise ValueError(f"{path}: tensor {t.name} is {t.tensor_type.name}; supported types: {', '.join(TENSOR_TYPES)}")
+    by_hf = {hf_name(n): t for n, t in tensors.items()}
+    shapes = {n: tuple(int(d) for d in reversed(t.shape.tolist())) for n, t in by_hf.items()}
+
+    def read(name: str) -> torch.Tensor:
+        t = by_hf[name]
+        try:
+            w = _dequantize(t).reshape(shapes[name])
+        except Exception as e:
+            raise ValueError(f"{path}: tensor {t.name} cannot be read (corrupt or truncated file?): {e}") from e
+        # llama.cpp's converter reorders each head's q/k rows from rotate-halves to interleaved
+        # pairs for its own rope; undo it so the neox pairing of rotary_embedding_ applies.
+        if arch == "llama" and (".self_attn.q_proj." in name or ".self_attn.k_proj." in name):
+            w = _unpermute(w, config.num_heads if ".q_proj." in name else config.num_kv_heads)
+        return torch.from_numpy(np.require(w, requirements=["C", "W"]))  # a writable copy where w views the file
+
+    model = build_model(config, dtype, device, shapes, read, f"Loading {os.path.basename(path)}")
+    return model, config, "tokenizer.ggml.model" in reader.fields
+
+
+def gguf_hf_config(reader) -> dict:
+    """A Hugging Face style config dict from a GGUF file's metadata."""
+    arch = _field(reader, "general.architecture")
+    if arch not in GGUF_ARCHITECTURES:
+        raise ValueError(f"GGUF architecture {arch!r} is not supported; supported: {', '.join(GGUF_ARCHITECTURES)}")
+
+    def get(key, default=None):
+        return _field(reader, f"{arch}.{key}", default)
+
+    names = {t.name for t in reader.tensors}
+    hidden, heads = get("embedding_length"), get("attention.head_count")
+    vocab = get("vocab_size") or len(reader.fields["tokenizer.ggml.tokens"].data)
+    eos = [_field(reader, k) for k in ("tokenizer.ggml.eos_token_id", "tokenizer.ggml.eot_token_id")]
+    hf = {
+        "architectures": [GGUF_ARCHITECTURES[arch]],
+        "vocab_size": vocab,
+        "hidden_size": hidden,
+        "intermediate_size": get("feed_forward_length"),
+        "num_hidden_layers": get("block_count"),
+        "num_attention_heads": heads,
+        "num_key_value_heads": get("attention.head_count_kv", heads),
+        "head_dim": get("attention.key_length") or hidden // heads,
+        "rms_norm_eps": get("attention.layer_norm_rms_epsilon", 1e-6),
+        "rope_theta": get("rope.freq_base", 10000.0),
+        "max_position_embeddings": get("context_length", 4096),
+        "tie_word_embeddings": "output.weight" not in names,
+        "attention_bias": "blk.0.attn_q.bias" in names,
+        "bos_token_id": _field(reader, "tokenizer.ggml.bos_token_id"),
+        "eos_token_id": [e for e in eos if e is not None],
+    }
+    if None in (hf["hidden_size"], hf["intermediate_size"], hf["num_hidden_layers"], heads):
+        raise ValueError(f"GGUF metadata lacks the {arch} model's shape (embedding_length, feed_forward_length, ...)")
+    scaling = get("rope.scaling.type")
+    if scaling == "linear":
+        hf["rope_scaling"] = {"rope_type": "linear", "factor": get("rope.scaling.factor")}
+    elif scaling not in (None, "none"):
+        raise ValueError(f"GGUF rope scaling {scaling!r} is not supported; supported: linear, and rope_freqs tensors")
+    freqs = next((t for t in reader.tensors if t.name == _ROPE_FREQS), None)
+    if freqs is not None:
+        hf["rope_scaling"] = {"rope_type": "freq_factors", "factors": _dequantize(freqs).reshape(-1).tolist()}
+    return hf
+
+
+def _field(reader, key: str, default=None):
+    field = reader.fields.get(key)
+    return default if field is None else field.contents()
+
+
+def _dequantize(t) -> np.ndarray:
+    from gguf import dequantize
+
+    return dequantize(t.data, t.tensor_type)
+
+
+def _unpermute(w: np.ndarray, heads: int) -> np.ndarray:
+    # The converter did rows.reshape(heads, 2, d/2).swapaxes(1, 2); this is its inverse.
+    return w.reshape(heads, w.shape[0] // heads // 2, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)

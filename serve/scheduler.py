@@ -1,0 +1,279 @@
+"""Continuous batching over the paged KV pool, with a radix prefix cache.
+
+Each step runs every running request that has work, in one :class:`ForwardBatch`: a decoding
+request computes its one new token, a prefilling one the next chunk of its prompt, within a token
+budget (decode tokens first). Waiting requests are admitted into what budget and pages remain,
+longest cached prefix first while the queue is short, first come first served when it is long.
+When pages run out, unlocked cached prefixes are evicted, then the newest running requests are
+preempted: their pages go (computed pages into the cache), and they recompute later.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+
+import torch
+
+from .forward_batch import ForwardBatch
+from .memory import KVPool, OutOfPagesError, RadixCache
+from .request import Request
+
+# A waiting request that shares at least this many more tokens with a request still prefilling
+# than it finds in the cache waits a step: the other one's prefix will be cached by then.
+SHARED_PREFIX_WAIT = 32
+
+
+@dataclass
+class ScheduledBatch:
+    """One step's work: ``requests[i]`` computes ``num_new[i]`` tokens, the rows of ``forward``."""
+
+    requests: list[Request]
+    num_new: list[int]
+    forward: ForwardBatch
+    sample_rows: list[int]  # rows whose sequence reaches its end this step: they yield a token
+
+
+@dataclass
+class SchedulerStats:
+    prompt_tokens_computed: int = 0  # prompt positions computed (again after a preemption)
+    prompt_tokens_cached: int = 0  # prompt tokens served from the prefix cache at first admission
+    tokens_computed: int = 0  # every position computed, prompt and output
+    preemptions: int = 0
+    steps: int = 0
+
+
+class Scheduler:
+    """Decides what runs each step and owns the requests' pages.
+
+    Parameters
+    ----------
+    pool : KVPool
+        The pages, shared with the radix cache.
+    max_context : int
+        The model's context length: prompt plus ``max_tokens`` may not exceed it.
+    max_batch_tokens : int
+        Token budget of one step (decode tokens and prefill chunks together).
+    max_running : int
+        Most requests running at once.
+    enable_prefix_cache : bool
+        Reuse the K/V of cached prefixes (radix cache).
+    lpm_queue_limit : int
+        Order the waiting queue by longest cached prefix while it holds at most this many
+        requests; first come first served beyond (the match costs a tree walk per request).
+    """
+
+    def __init__(self, pool: KVPool, *, max_context: int, max_batch_tokens: int = 2048, max_running: int = 256,
+                 enable_prefix_cache: bool = True, lpm_queue_limit: int = 128):
+        for name, value in (("max_context", max_context), ("max_batch_tokens", max_batch_tokens),
+                            ("max_running", max_running)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        self.pool = pool
+        self.page_size = pool.page_size
+        self.max_context = max_context
+        self.max_batch_tokens = max_batch_tokens
+        self.max_running = max_running
+        self.lpm_queue_limit = lpm_queue_limit
+        self.cache = RadixCache(pool.page_size, pool.allocator) if enable_prefix_cache else None
+        self.waiting: deque[Request] = deque()
+        self.running: list[Request] = []  # in admission order: the newest is preempted first
+        self.stats = SchedulerStats()
+
+    def check_fits(self, num_prompt_tokens: int, max_tokens: int) -> None:
+        """Raise ``ValueError`` if a request of this size could never run, even alone."""
+        total = num_prompt_tokens + max_tokens
+        if total > self.max_context:
+            raise ValueError(
+                f"prompt ({num_prompt_tokens} tokens) + max_tokens ({max_tokens}) = {total} exceeds the model's "
+                f"context length of {self.max_context} tokens"
+            )
+        # The last token's K/V are never computed.
+        if total - 1 > self.pool.max_tokens:
+            raise ValueError(
+                f"prompt ({num_prompt_tokens} tokens) + max_tokens ({max_tokens}) = {total} exceeds the KV pool "
+                f"of {self.pool.max_tokens} tokens: the request could never fit"
+            )
+
+    def add(self, req: Request) -> None:
+        """Queue ``req``; ``ValueError`` (see :meth:`check_fits`) if it can never run."""
+        if not req.prompt_ids:
+            raise ValueError("prompt must hold at least one token")
+        self.check_fits(len(req.prompt_ids), req.params.max_tokens)
+        self.waiting.append(req)
+
+    def has_unfinished(self) -> bool:
+        return bool(self.waiting or self.running)
+
+    def schedule(self) -> ScheduledBatch | None:
+        """Pick this step's work and build its batch; ``None`` when nothing is left to run."""
+        decodes = sum(1 for r in self.running if r.num_tokens - r.num_computed == 1)
+        decode_budget = self.max_batch_tokens
+        prefill_budget = max(self.max_batch_tokens - decodes, 0)
+        work: list[tuple[Request, int]] = []
+        queue = deque(self.running)
+        self.running = []
+        preempted = False
+        while queue:
+            req = queue.popleft()
+            self.running.append(req)
+            left = req.num_tokens - req.num_computed
+            n = min(left, prefill_budget) if left > 1 else min(1, decode_budget)
+            if n == 0:
+                continue
+            # Out of pages: preempt the newest request not yet given work, this one last.
+            while not self._grow(req, n):
+                preempted = True
+                victim = queue.pop() if queue else self.running.pop()
+                self._preempt(victim)
+                if victim is req:
+                    break
+            else:
+                work.append((req, n))
+                decode_budget -= n
+                if left > 1:
+                    prefill_budget -= n
+        # Admit nothing in a step that had to preempt: memory is short already.
+        if not preempted:
+            self._admit(work, prefill_budget)
+        if not work:
+            if self.running or self.waiting:
+                raise RuntimeError("scheduler made no progress with requests pending")
+            return None
+        self.stats.steps += 1
+        for req, n in work:
+            self.stats.tokens_computed += n
+            self.stats.prompt_tokens_computed += max(0, min(req.num_computed + n, len(req.prompt_ids)) - req.num_computed)
+        return self._build(work)
+
+    def update(self, batch: ScheduledBatch, token_ids: list[int]) -> None:
+        """Record a step's results: ``token_ids[j]`` is the token sampled for ``sample_rows[j]``."""
+        for req, n in zip(batch.requests, batch.num_new):
+            req.num_computed += n
+            if n > 1 and self.cache is not None:
+                # Cache the prefill so far: requests waiting on this prefix can use it next step.
+                self._cache_computed(req)
+        for row, token in zip(batch.sample_rows, token_ids):
+            batch.requests[row].output_ids.append(token)
+
+    def finish(self, req: Request) -> None:
+        """Drop a finished or aborted request, waiting or running, and release its pages."""
+        if req in self.running:
+            self.running.remove(req)
+            self._release(req)
+        elif req in self.waiting:
+            self.waiting.remove(req)
+
+    def _admit(self, work: list[tuple[Request, int]], budget: int) -> None:
+        if self.cache is not None and len(self.waiting) <= self.lpm_queue_limit:
+            order = sorted(self.waiting, key=lambda r: -self.cache.match_prefix(r.tokens(0, r.num_tokens)).num_tokens)
+        else:
+            order = list(self.waiting)
+        prefilling = [r for r in self.running if r.num_tokens - r.num_computed > 1]
+        for req in order:
+            if budget <= 0 or len(self.running) >= self.max_running:
+                break
+            ids = req.tokens(0, req.num_tokens)
+            if self.cache is not None:
+                match = self.cache.match_prefix(ids)
+                if any(self._shared(ids, other) >= match.num_tokens + SHARED_PREFIX_WAIT for other in prefilling):
+                    continue
+                self.cache.lock(match.node)
+                req.pages, req.num_computed, req.cache_node = list(match.pages), match.num_tokens, match.node
+            n = min(req.num_tokens - req.num_computed, budget)
+            if not self._grow(req, n):
+                # Take a smaller chunk into what is free, if anything is.
+                n = min(n, (len(req.pages) + self.pool.num_free_pages) * self.page_size - req.num_computed)
+                if n <= 0 or not self._grow(req, n):
+                    self._release(req)
+                    break
+            if req.cached_tokens is None:
+                req.cached_tokens = req.num_computed
+                self.stats.prompt_tokens_cached += req.num_computed
+            self.waiting.remove(req)
+            self.running.append(req)
+            prefilling.append(req)
+            work.append((req, n))
+            budget -= n
+
+    def _shared(self, ids: list[int], other: Request) -> int:
+        # Whole pages of ids that other's prefill will cache.
+        ps = self.page_size
+        end = min(len(ids), other.num_tokens) // ps * ps
+        n = 0
+        while n < end and ids[n : n + ps] == other.tokens(n, n + ps):
+            n += ps
+        return n
+
+    def _grow(self, req: Request, n: int) -> bool:
+        """Give ``req`` pages for ``n`` more tokens, evicting cached prefixes if needed."""
+        need = -(-(req.num_computed + n) // self.page_size) - len(req.pages)
+        if need <= 0:
+            return True
+        short = need - self.pool.num_free_pages
+        if short > 0 and self.cache is not None:
+            self.cache.evict(short)
+        try:
+            req.pages += self.pool.alloc(need)
+        except OutOfPagesError:
+            return False
+        return True
+
+    def _preempt(self, req: Request) -> None:
+        self._release(req)
+        self.waiting.appendleft(req)
+        self.stats.preemptions += 1
+
+    def _release(self, req: Request) -> None:
+        """Return ``req``'s pages: full computed pages to the cache (if on), the rest to the pool."""
+        keep = 0
+        if self.cache is not None:
+            keep = self._cache_computed(req)
+            self.cache.unlock(req.cache_node)
+        self.pool.free(req.pages[keep:])
+        req.pages, req.num_computed, req.cache_node = [], 0, None
+
+    def _cache_computed(self, req: Request) -> int:
+        """Insert ``req``'s full computed pages into the cache and move its lock to their end;
+        ``req`` switches to the cache's copy of any page cached meanwhile. Returns the page count."""
+        num = req.num_computed // self.page_size
+        result = self.cache.insert(req.tokens(0, num * self.page_size), req.pages[:num])
+        duplicates = [p for p, q in zip(req.pages, result.pages) if p != q]
+        req.pages[:num] = result.pages
+        self.cache.lock(result.node)
+        self.cache.unlock(req.cache_node)
+        req.cache_node = result.node
+        self.pool.free(duplicates)
+        return num
+
+    def _build(self, work: list[tuple[Request, int]]) -> ScheduledBatch:
+        ps = self.page_size
+        requests = [r for r, _ in work]
+        num_new = [n for _, n in work]
+        ids, positions, rows, qo_indptr, kv_lens, sample_rows = [], [], [], [0], [], []
+        for i, (req, n) in enumerate(work):
+            start = req.num_computed
+            ids += req.tokens(start, start + n)
+            positions += range(start, start + n)
+            rows += [i] * n
+            qo_indptr.append(qo_indptr[-1] + n)
+            kv_lens.append(start + n)
+            if start + n == req.num_tokens:
+                sample_rows.append(i)
+        width = max(len(r.pages) for r in requests)
+        page_table = torch.tensor([r.pages + [0] * (width - len(r.pages)) for r in requests], dtype=torch.int32)
+        positions_t = torch.tensor(positions, dtype=torch.int64)
+        slots = page_table[torch.tensor(rows), positions_t // ps].long() * ps + positions_t % ps
+        qo = torch.tensor(qo_indptr, dtype=torch.int32)
+        device = self.pool.kv_caches[0][0].device
+        forward = ForwardBatch(
+            input_ids=torch.tensor(ids, dtype=torch.int64).to(device),
+            positions=positions_t.to(device),
+            slot_mapping=slots.to(device),
+            page_table=page_table.to(device),
+            qo_indptr=qo.to(device),
+            kv_lens=torch.tensor(kv_lens, dtype=torch.int32).to(device),
+            logits_indices=(qo[1:].long() - 1).to(device),
+            is_decode=all(n == 1 for n in num_new),
+        )
+        return ScheduledBatch(requests, num_new, forward, sample_rows)
