@@ -13,6 +13,8 @@ from collections.abc import Iterator, Mapping
 
 import torch
 
+from .cuda_graph import MAX_CAPTURE_BATCH, CudaGraphRunner
+from .forward_batch import ForwardBatch
 from .loader import load_model
 from .memory import KVPool
 from .outputs import GenerationOutput, StepOutput, TokenLogprob, Usage
@@ -44,11 +46,18 @@ class Engine:
         Requests decoding at once at most.
     enable_prefix_cache : bool
         Reuse the K/V of prompt prefixes computed before (radix cache).
+    cuda_graph : bool
+        On CUDA, run decode steps by replaying CUDA graphs captured at start for bucketed batch
+        sizes (see :mod:`kernels.serve.cuda_graph`); elsewhere every step runs eagerly regardless.
+    cuda_graph_max_batch : int
+        The largest decode batch captured (also capped by ``max_running_requests`` and 256);
+        larger decode batches run eagerly.
     """
 
     def __init__(self, model=None, *, device="auto", dtype="auto", load_format="auto", page_size: int = 16,
                  max_total_tokens: int | None = None, memory_fraction: float = 0.85, max_batch_tokens: int = 2048,
-                 max_running_requests: int = 256, enable_prefix_cache: bool = True):
+                 max_running_requests: int = 256, enable_prefix_cache: bool = True, cuda_graph: bool = True,
+                 cuda_graph_max_batch: int = MAX_CAPTURE_BATCH):
         if model is None or isinstance(model, (str, os.PathLike)):
             model = load_model(model, device=device, dtype=dtype, load_format=load_format)
         self.model = model.model
@@ -65,6 +74,11 @@ class Engine:
         self.scheduler = Scheduler(self.pool, max_context=c.max_position, max_batch_tokens=max_batch_tokens,
                                    max_running=max_running_requests, enable_prefix_cache=enable_prefix_cache)
         self.sampler = Sampler()
+        self.graph_runner: CudaGraphRunner | None = None
+        if cuda_graph and self.device.type == "cuda":
+            max_pages = min(-(-c.max_position // page_size), num_pages)
+            self.graph_runner = CudaGraphRunner(self.model, self.pool.kv_caches, max_pages=max_pages,
+                                                max_batch=min(cuda_graph_max_batch, max_running_requests))
         self.eos_token_ids = set(c.eos_token_ids) | (self.tokenizer.eos_token_ids if self.tokenizer else set())
         self._requests: dict[str, Request] = {}
         self._ids = itertools.count()
@@ -147,23 +161,26 @@ class Engine:
         batch = self.scheduler.schedule()
         if batch is None:
             return []
-        logits = self.model(batch.forward, self.pool.kv_caches)
+        logits = self._forward(batch.forward)
         rows = batch.sample_rows
         if not rows:
             self.scheduler.update(batch, [])
             return []
         if len(rows) < len(batch.requests):
-            logits = logits[torch.tensor(rows, device=logits.device)]
+            logits = logits[_to_device(rows, logits.device)]
         reqs = [batch.requests[i] for i in rows]
         sampled = self.sampler.sample(logits, [r.params for r in reqs], [r.prompt_ids for r in reqs],
                                       [r.output_ids for r in reqs], [r.generator for r in reqs])
-        token_ids = sampled.token_ids.tolist()
+        want_logprobs = any(r.logprobs is not None for r in reqs)
+        # The step's one wait on the device: every result comes back in one go.
+        token_ids, chosen, top_ids, top_lps = _to_host(
+            sampled.token_ids,
+            sampled.logprobs if want_logprobs else None,
+            sampled.top_ids if want_logprobs else None,
+            sampled.top_logprobs if want_logprobs else None,
+        )
         self.scheduler.update(batch, token_ids)
         outputs = []
-        want_logprobs = any(r.logprobs is not None for r in reqs)
-        chosen = sampled.logprobs.tolist() if want_logprobs else None
-        top_ids = sampled.top_ids.tolist() if want_logprobs and sampled.top_ids is not None else None
-        top_lps = sampled.top_logprobs.tolist() if top_ids is not None else None
         for j, req in enumerate(reqs):
             if req.logprobs is not None:
                 n = req.params.logprobs
@@ -191,6 +208,13 @@ class Engine:
         return bool(self._requests)
 
     # ---- internals ---------------------------------------------------------------------------
+
+    def _forward(self, batch: ForwardBatch) -> torch.Tensor:
+        """The model's logits for one step: a CUDA graph's replay for a decode batch that has one,
+        the model's forward otherwise."""
+        if self.graph_runner is not None and self.graph_runner.can_run(batch):
+            return self.graph_runner.run(batch)
+        return self.model(batch, self.pool.kv_caches)
 
     def _make_request(self, request_id: str, prompt, sampling_params) -> Request:
         if sampling_params is None:
@@ -269,3 +293,29 @@ class Engine:
     @staticmethod
     def _usage(req: Request) -> Usage:
         return Usage(len(req.prompt_ids), len(req.output_ids), req.cached_tokens or 0)
+
+
+def _to_device(values: list[int], device: torch.device) -> torch.Tensor:
+    """An int64 tensor of ``values`` on ``device``, copied without waiting (pinned) on CUDA."""
+    if device.type != "cuda":
+        return torch.tensor(values, dtype=torch.int64, device=device)
+    return torch.tensor(values, dtype=torch.int64).pin_memory().to(device, non_blocking=True)
+
+
+def _to_host(*tensors: torch.Tensor | None) -> list[list | None]:
+    """``t.tolist()`` of each tensor (``None`` stays ``None``), with one wait on the device: the
+    copies to pinned host memory are queued first, then one event is waited for."""
+    if not any(t is not None and t.device.type == "cuda" for t in tensors):
+        return [None if t is None else t.tolist() for t in tensors]
+    host = []
+    for t in tensors:
+        if t is None:
+            host.append(None)
+            continue
+        h = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
+        h.copy_(t, non_blocking=True)
+        host.append(h)
+    done = torch.cuda.Event()
+    done.record()
+    done.synchronize()
+    return [None if h is None else h.tolist() for h in host]

@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from .forward_batch import ForwardBatch
@@ -79,6 +80,7 @@ class Scheduler:
         self.waiting: deque[Request] = deque()
         self.running: list[Request] = []  # in admission order: the newest is preempted first
         self.stats = SchedulerStats()
+        self._device = pool.kv_caches[0][0].device
 
     def check_fits(self, num_prompt_tokens: int, max_tokens: int) -> None:
         """Raise ``ValueError`` if a request of this size could never run, even alone."""
@@ -248,32 +250,73 @@ class Scheduler:
 
     def _build(self, work: list[tuple[Request, int]]) -> ScheduledBatch:
         ps = self.page_size
-        requests = [r for r, _ in work]
-        num_new = [n for _, n in work]
-        ids, positions, rows, qo_indptr, kv_lens, sample_rows = [], [], [], [0], [], []
+        b = len(work)
+        requests, num_new, ids, starts, num_pages, pages, sample_rows = [], [], [], [], [], [], []
         for i, (req, n) in enumerate(work):
             start = req.num_computed
+            requests.append(req)
+            num_new.append(n)
             ids += req.tokens(start, start + n)
-            positions += range(start, start + n)
-            rows += [i] * n
-            qo_indptr.append(qo_indptr[-1] + n)
-            kv_lens.append(start + n)
+            starts.append(start)
+            num_pages.append(len(req.pages))
+            pages += req.pages
             if start + n == req.num_tokens:
                 sample_rows.append(i)
-        width = max(len(r.pages) for r in requests)
-        page_table = torch.tensor([r.pages + [0] * (width - len(r.pages)) for r in requests], dtype=torch.int32)
-        positions_t = torch.tensor(positions, dtype=torch.int64)
-        slots = page_table[torch.tensor(rows), positions_t // ps].long() * ps + positions_t % ps
-        qo = torch.tensor(qo_indptr, dtype=torch.int32)
-        device = self.pool.kv_caches[0][0].device
+        t, width = len(ids), max(num_pages)
+        # Every index goes into one of two host buffers (int64, int32), each copied to the device
+        # once, from pinned memory so that the copies do not wait; the tensors are views of them.
+        o_ids, o_pos, o_slot, o_logits, n64 = _offsets(t, t, t, b)
+        o_pt, o_qo, o_kv, n32 = _offsets(b * width, b + 1, b)
+        pin = self._device.type == "cuda"
+        host64 = torch.empty(n64, dtype=torch.int64, pin_memory=pin)
+        host32 = torch.empty(n32, dtype=torch.int32, pin_memory=pin)
+        a64, a32 = host64.numpy(), host32.numpy()
+
+        a64[o_ids : o_ids + t] = ids
+        start = np.array(starts, dtype=np.int64)
+        qo = a32[o_qo : o_qo + b + 1]
+        qo[0] = 0
+        if t == b:  # decode only: one token per sequence
+            qo[1:] = np.arange(1, b + 1)
+            rows, positions = np.arange(b), start
+            a32[o_kv : o_kv + b] = start + 1
+        else:
+            new = np.array(num_new, dtype=np.int64)
+            np.cumsum(new, out=qo[1:])
+            rows = np.repeat(np.arange(b), new)
+            positions = start[rows] + (np.arange(t) - qo[:-1][rows])
+            a32[o_kv : o_kv + b] = start + new
+        a64[o_pos : o_pos + t] = positions
+        a64[o_logits : o_logits + b] = qo[1:] - 1
+        page_table = a32[o_pt : o_pt + b * width].reshape(b, width)
+        counts = np.array(num_pages, dtype=np.int64)
+        if (counts == width).all():
+            page_table.reshape(-1)[:] = pages
+        else:  # rows padded with page 0
+            page_table.fill(0)
+            first = np.repeat(np.cumsum(counts) - counts, counts)
+            page_table[np.repeat(np.arange(b), counts), np.arange(len(pages)) - first] = pages
+        a64[o_slot : o_slot + t] = page_table[rows, positions // ps] * np.int64(ps) + positions % ps
+
+        dev64 = host64.to(self._device, non_blocking=True)
+        dev32 = host32.to(self._device, non_blocking=True)
         forward = ForwardBatch(
-            input_ids=torch.tensor(ids, dtype=torch.int64).to(device),
-            positions=positions_t.to(device),
-            slot_mapping=slots.to(device),
-            page_table=page_table.to(device),
-            qo_indptr=qo.to(device),
-            kv_lens=torch.tensor(kv_lens, dtype=torch.int32).to(device),
-            logits_indices=(qo[1:].long() - 1).to(device),
-            is_decode=all(n == 1 for n in num_new),
+            input_ids=dev64[o_ids : o_ids + t],
+            positions=dev64[o_pos : o_pos + t],
+            slot_mapping=dev64[o_slot : o_slot + t],
+            page_table=dev32[o_pt : o_pt + b * width].view(b, width),
+            qo_indptr=dev32[o_qo : o_qo + b + 1],
+            kv_lens=dev32[o_kv : o_kv + b],
+            logits_indices=dev64[o_logits : o_logits + b],
+            is_decode=t == b,
         )
         return ScheduledBatch(requests, num_new, forward, sample_rows)
+
+
+def _offsets(*sizes: int) -> tuple[int, ...]:
+    """Start of each of ``sizes`` in one buffer, each aligned to 16 elements, then the total."""
+    starts, end = [], 0
+    for n in sizes:
+        starts.append(end)
+        end += -(-n // 16) * 16
+    return (*starts, max(end, 1))
