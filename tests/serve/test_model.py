@@ -13,6 +13,7 @@ import os
 import pytest
 import torch
 
+from kernels.serve.engine import Engine
 from kernels.serve.forward_batch import ForwardBatch
 from kernels.serve.loader import default_model_path, load_model
 from kernels.serve.loader.dummy import CONFIG_DIR
@@ -24,6 +25,10 @@ PROMPTS = [
     "def fibonacci(n):",
     "Once upon a time, in a small village,",
     "List three colours of the rainbow:",
+    "Water boils at",
+    "import numpy as np\n",
+    "The three laws of motion are",
+    "Q: What is 12 times 7?\nA:",
 ]
 NEW_TOKENS = 32
 
@@ -121,9 +126,15 @@ def prompt_ids(ours):
     return [ours.tokenizer.encode(p) for p in PROMPTS]
 
 
+def engine_greedy(loaded, prompt_ids) -> list[list[int]]:
+    """Greedy tokens through the product path: the engine, all prompts in one batch."""
+    params = {"max_tokens": NEW_TOKENS, "temperature": 0.0, "ignore_eos": True}
+    return [o.token_ids for o in Engine(loaded).generate(prompt_ids, params)]
+
+
 @pytest.fixture(scope="module")
 def our_tokens(ours, prompt_ids):
-    return greedy(ours.model, prompt_ids, NEW_TOKENS)
+    return engine_greedy(ours, prompt_ids)
 
 
 def test_prefill_logits_match_transformers(ours, hf_gguf, prompt_ids):
@@ -151,7 +162,7 @@ def test_hf_directory_export_matches_gguf(tmp_path, hf_gguf, ours, prompt_ids, o
     exported = load_model(str(tmp_path), device="cpu", dtype="float32")
     assert exported.config == ours.config
     assert exported.tokenizer.encode(PROMPTS[0]) == prompt_ids[0]
-    assert greedy(exported.model, prompt_ids, NEW_TOKENS) == our_tokens
+    assert engine_greedy(exported, prompt_ids) == our_tokens
 
 
 # ---- tiny random models of each architecture ----------------------------------------------------
