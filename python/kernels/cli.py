@@ -86,7 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="kernels",
         description="LLM inference kernels across NVIDIA, ROCm, Intel XPU and CPU.",
-        epilog="Examples: `kernels info`, `kernels bench rms_norm --dtype bfloat16`.",
+        epilog="Examples: `kernels info`, `kernels bench rms_norm --dtype bfloat16`, "
+        "`kernels bench offline --help` (serving throughput).",
     )
     parser.add_argument("--version", action="version", version=f"kernels {kernels.__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -107,6 +108,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:2] == ["bench", "offline"]:  # the serving benchmarks live in serve/, imported only here
+        from kernels.serve.bench import offline
+
+        return offline.main(argv[2:])
     parser = build_parser()
     args = parser.parse_args(argv)
     return args.func(args)

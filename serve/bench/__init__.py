@@ -1,0 +1,1 @@
+"""Serving benchmarks: ``kernels bench offline`` (:mod:`kernels.serve.bench.offline`)."""
