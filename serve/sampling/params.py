@@ -57,9 +57,11 @@ class SamplingParams:
         Greater than 0 (1 = off). Logits of tokens already in the prompt or the output are
         divided by it when positive and multiplied by it when negative (Hugging Face, vLLM).
     presence_penalty : float
-        In ``[-2, 2]``: subtracted once from the logit of every token already in the output (OpenAI).
+        In ``[-2, 2]``: subtracted once from the logit of every token already in the output
+        (OpenAI).
     frequency_penalty : float
-        In ``[-2, 2]``: subtracted from a token's logit once per time it appears in the output (OpenAI).
+        In ``[-2, 2]``: subtracted from a token's logit once per time it appears in the output
+        (OpenAI).
     seed : int or None
         In ``[0, 2**64)``: the request draws from its own generator seeded with it, so its output
         does not depend on the other requests of the batch. ``None`` uses the shared generator.

@@ -76,13 +76,13 @@ class Sampler:
         ``V`` numbers per step whatever the batch, so its tokens do not depend on the other rows.
         """
         self._check(logits, params, prompt_ids, output_ids, generators)
-        batch, vocab = logits.shape
+        vocab = logits.shape[1]
         device = logits.device
         logits = apply_penalties(logits.float(), params, prompt_ids, output_ids)
 
         # Logprobs before temperature and the filters (see SampleOutput).
         log_norm = torch.logsumexp(logits, dim=-1, keepdim=True)
-        num_top = max((p.logprobs or 0) for p in params)
+        num_top = max((p.logprobs or 0 for p in params), default=0)
         top_ids = top_logprobs = None
         if num_top > 0:
             top_values, top_ids = logits.topk(min(num_top, vocab), dim=-1)
@@ -121,7 +121,7 @@ class Sampler:
         # sits at 0 and the others go towards -inf.
         scaled = (logits - logits.amax(dim=-1, keepdim=True)) / temperature
 
-        if any(0 < p.top_k < vocab or p.top_p < 1.0 for p in params):
+        if any(not p.greedy and (0 < p.top_k < vocab or p.top_p < 1.0) for p in params):
             values, order = scaled.sort(dim=-1, descending=True)
             rank = torch.arange(vocab, device=device)
             drop = rank >= top_k
@@ -130,9 +130,10 @@ class Sampler:
             # kept. Rows with top_p = 1 skip the test, which rounding in cumsum could fail.
             mass_before = probs.cumsum(dim=-1) - probs
             drop |= (mass_before >= top_p) & (top_p < 1.0)
-            scaled = scaled.masked_fill(torch.zeros_like(drop).scatter_(1, order, drop), float("-inf"))
+            dropped = torch.zeros_like(drop).scatter_(1, order, drop)
+            scaled = scaled.masked_fill(dropped, float("-inf"))
 
-        if any(p.min_p > 0 for p in params):
+        if any(not p.greedy and p.min_p > 0 for p in params):
             # With the max at 0, p_i / p_max = exp(scaled_i); log(0) = -inf drops nothing.
             scaled = scaled.masked_fill(scaled < min_p.log(), float("-inf"))
         return scaled

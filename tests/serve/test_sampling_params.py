@@ -9,7 +9,8 @@ def test_defaults():
     p = SamplingParams()
     assert (p.max_tokens, p.temperature, p.top_k, p.top_p, p.min_p) == (128, 1.0, 0, 1.0, 0.0)
     assert (p.repetition_penalty, p.presence_penalty, p.frequency_penalty) == (1.0, 0.0, 0.0)
-    assert (p.seed, p.stop, p.stop_token_ids, p.ignore_eos, p.logprobs) == (None, [], [], False, None)
+    assert (p.seed, p.stop, p.stop_token_ids) == (None, [], [])
+    assert (p.ignore_eos, p.logprobs) == (False, None)
     assert not p.greedy
     assert SamplingParams(temperature=0).greedy
     # Each instance owns its lists.
