@@ -36,7 +36,9 @@ constexpr float kLn2 = 0.6931471805599453f;
 constexpr float kNoMax = -1e30f;
 constexpr int kStages = 3;
 constexpr int kMaxSplits = 256;
-constexpr int kMinSplitTokens = 256;
+// Two tiles of head_dim 128: a split short enough that a lone sequence spreads over the machine
+// (each CTA streams its tokens one tile round trip at a time; benchmarks/NOTES.md).
+constexpr int kMinSplitTokens = 64;
 
 template <int D>
 struct Tiling {
