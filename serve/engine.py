@@ -2,6 +2,15 @@
 
 ``generate`` and ``stream`` serve a script; ``add_request`` / ``step`` / ``abort`` are the loop
 the server drives. Everything runs in the caller's thread, one step at a time.
+
+Overlap scheduling (``overlap=True``, the default): the host work of a step (scheduling and
+building the next batch, processing the last one's tokens) runs while the device computes. Each
+:meth:`Engine.step` launches the next batch before it waits for the tokens of the one it reports:
+a decode request whose last token is still on the device gets a placeholder input id, resolved on
+the device by a gather from that batch's sampled tokens. A request found finished then has one more
+row in the batch in flight: its token is dropped and its pages are released as if that row had
+not run (its K/V write lands in a page no one reads). A batch whose requests use penalties (which
+need every output token on the host) waits for the one before it, as without overlap.
 """
 
 from __future__ import annotations
@@ -10,6 +19,7 @@ import itertools
 import numbers
 import os
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
 
 import torch
 
@@ -20,7 +30,7 @@ from .memory import KVPool
 from .outputs import GenerationOutput, StepOutput, TokenLogprob, Usage
 from .request import Request
 from .sampling import Sampler, SamplingParams, make_generator
-from .scheduler import Scheduler, SchedulerStats
+from .scheduler import ScheduledBatch, Scheduler, SchedulerStats
 from .tokenizer import IncrementalDetokenizer
 
 
@@ -52,12 +62,16 @@ class Engine:
     cuda_graph_max_batch : int
         The largest decode batch captured (also capped by ``max_running_requests`` and 256);
         larger decode batches run eagerly.
+    overlap : bool
+        Overlap scheduling (see the module's notes): launch the next batch before waiting for the
+        current one's tokens, so that the host's work hides behind the device's. ``False`` runs
+        one batch at a time (for debugging); the tokens are the same either way.
     """
 
     def __init__(self, model=None, *, device="auto", dtype="auto", load_format="auto", page_size: int = 16,
                  max_total_tokens: int | None = None, memory_fraction: float = 0.85, max_batch_tokens: int = 2048,
                  max_running_requests: int = 256, enable_prefix_cache: bool = True, cuda_graph: bool = True,
-                 cuda_graph_max_batch: int = MAX_CAPTURE_BATCH):
+                 cuda_graph_max_batch: int = MAX_CAPTURE_BATCH, overlap: bool = True):
         if model is None or isinstance(model, (str, os.PathLike)):
             model = load_model(model, device=device, dtype=dtype, load_format=load_format)
         self.model = model.model
@@ -82,6 +96,8 @@ class Engine:
         self.eos_token_ids = set(c.eos_token_ids) | (self.tokenizer.eos_token_ids if self.tokenizer else set())
         self._requests: dict[str, Request] = {}
         self._ids = itertools.count()
+        self.overlap = bool(overlap)
+        self._ahead: _Launched | None = None  # the batch launched and not yet reported
 
     @property
     def stats(self) -> SchedulerStats:
@@ -157,50 +173,34 @@ class Engine:
         self._submit(self._make_request(request_id, prompt, sampling_params))
 
     def step(self) -> list[StepOutput]:
-        """Run one batch; return an output for each request that produced tokens or finished."""
-        batch = self.scheduler.schedule()
-        if batch is None:
-            return []
-        logits = self._forward(batch.forward)
-        rows = batch.sample_rows
-        if not rows:
-            self.scheduler.update(batch, [])
-            return []
-        if len(rows) < len(batch.requests):
-            logits = logits[_to_device(rows, logits.device)]
-        reqs = [batch.requests[i] for i in rows]
-        sampled = self.sampler.sample(logits, [r.params for r in reqs], [r.prompt_ids for r in reqs],
-                                      [r.output_ids for r in reqs], [r.generator for r in reqs])
-        want_logprobs = any(r.logprobs is not None for r in reqs)
-        # The step's one wait on the device: every result comes back in one go.
-        token_ids, chosen, top_ids, top_lps = _to_host(
-            sampled.token_ids,
-            sampled.logprobs if want_logprobs else None,
-            sampled.top_ids if want_logprobs else None,
-            sampled.top_logprobs if want_logprobs else None,
-        )
-        self.scheduler.update(batch, token_ids)
-        outputs = []
-        for j, req in enumerate(reqs):
-            if req.logprobs is not None:
-                n = req.params.logprobs
-                top = list(zip(top_ids[j][:n], top_lps[j][:n])) if n else []
-                req.logprobs.append(TokenLogprob(token_ids[j], chosen[j], top))
-            self._check_stop(req, token_ids[j])
-            if req.finished:
-                self.scheduler.finish(req)
-                del self._requests[req.request_id]
-            outputs.append(self._step_output(req))
-        return outputs
+        """Run one batch; return an output for each request that produced tokens or finished.
+
+        With overlap on, the batch whose outputs come back may have been launched by the call
+        before, and this call launches the next one before it waits; a request finishing here
+        reports its last output here, as without overlap, and is never mentioned again. A request
+        added meanwhile joins the batch after the one already launched: its first output can come
+        one call later than without overlap.
+        """
+        if self._ahead is None:
+            batch = self.scheduler.schedule()
+            if batch is None:
+                return []
+            self._ahead = self._launch(batch, None)
+        current, self._ahead = self._ahead, None
+        if self.overlap and not current.needs_history:
+            batch = self.scheduler.schedule()
+            if batch is not None:
+                self._ahead = self._launch(batch, current)
+        return self._process(current)
 
     def abort(self, request_id: str) -> StepOutput | None:
         """Stop a request and free its pages. Returns its last output (finish reason
         ``"abort"``), or ``None`` if no such request is running or waiting; :meth:`step` will not
         mention it again."""
-        req = self._requests.pop(request_id, None)
+        req = self._requests.get(request_id)
         if req is None:
             return None
-        self.scheduler.finish(req)
+        self._finish(req)
         req.finish_reason = "abort"
         return self._step_output(req)
 
@@ -208,6 +208,64 @@ class Engine:
         return bool(self._requests)
 
     # ---- internals ---------------------------------------------------------------------------
+
+    def _launch(self, batch: ScheduledBatch, previous: _Launched | None) -> _Launched:
+        """Queue a batch's forward and sampling on the device and the copy of its tokens to the
+        host; nothing waits. ``previous``: the batch launched before, whose tokens the
+        placeholders of this one refer to."""
+        forward = batch.forward
+        if batch.has_placeholders:
+            ids = forward.input_ids
+            forward.input_ids = torch.where(ids >= 0, ids, previous.token_ids[(-1 - ids).clamp_min(0)])
+        logits = self._forward(forward)
+        self.scheduler.commit(batch)
+        rows = batch.sample_rows
+        if not rows:
+            return _Launched(batch)
+        if len(rows) < len(batch.requests):
+            logits = logits[_to_device(rows, logits.device)]
+        reqs = [batch.requests[i] for i in rows]
+        sampled = self.sampler.sample(logits, [r.params for r in reqs], [r.prompt_ids for r in reqs],
+                                      [r.output_ids for r in reqs], [r.generator for r in reqs])
+        want_logprobs = any(r.logprobs is not None for r in reqs)
+        host, done = _start_to_host(
+            sampled.token_ids,
+            sampled.logprobs if want_logprobs else None,
+            sampled.top_ids if want_logprobs else None,
+            sampled.top_logprobs if want_logprobs else None,
+        )
+        needs_history = any(_has_penalties(r.params) for r in reqs)
+        decodes = {batch.requests[i] for i in rows if batch.num_new[i] == 1}
+        return _Launched(batch, reqs, sampled.token_ids, host, done, needs_history, decodes)
+
+    def _process(self, launched: _Launched) -> list[StepOutput]:
+        """Wait for a launched batch's tokens and hand them to their requests."""
+        if not launched.requests:
+            return []
+        if launched.done is not None:
+            launched.done.synchronize()  # the step's one wait on the device
+        token_ids, chosen, top_ids, top_lps = (None if h is None else h.tolist() for h in launched.host)
+        outputs = []
+        for j in self.scheduler.add_tokens(launched.batch, token_ids):
+            req = launched.requests[j]
+            if req.logprobs is not None:
+                n = req.params.logprobs
+                top = list(zip(top_ids[j][:n], top_lps[j][:n])) if n else []
+                req.logprobs.append(TokenLogprob(token_ids[j], chosen[j], top))
+            self._check_stop(req, token_ids[j])
+            if req.finished:
+                self._finish(req)
+            outputs.append(self._step_output(req))
+        return outputs
+
+    def _finish(self, req: Request) -> None:
+        """Release a finished or aborted request. If the batch in flight computes a decode token
+        for it, that token is forgotten first: the request's pages and the cache end up as if the
+        batch had left it out."""
+        if self._ahead is not None and req in self._ahead.decodes and req in self.scheduler.running:
+            self.scheduler.rollback_decode(req)
+        self.scheduler.finish(req)
+        del self._requests[req.request_id]
 
     def _forward(self, batch: ForwardBatch) -> torch.Tensor:
         """The model's logits for one step: a CUDA graph's replay for a decode batch that has one,
@@ -295,6 +353,24 @@ class Engine:
         return Usage(len(req.prompt_ids), len(req.output_ids), req.cached_tokens or 0)
 
 
+@dataclass(eq=False)
+class _Launched:
+    """A batch on its way through the device: its sampled tokens (``requests[j]``'s is row ``j``)
+    and their copies to the host, complete once ``done`` has (``None``: nothing to wait for)."""
+
+    batch: ScheduledBatch
+    requests: list[Request] = field(default_factory=list)
+    token_ids: torch.Tensor | None = None
+    host: list = field(default_factory=list)
+    done: torch.cuda.Event | None = None
+    needs_history: bool = False  # a sampled request applies penalties: the next batch needs its token on the host
+    decodes: set = field(default_factory=set)  # the sampled requests that compute one token
+
+
+def _has_penalties(p: SamplingParams) -> bool:
+    return p.repetition_penalty != 1.0 or p.presence_penalty != 0.0 or p.frequency_penalty != 0.0
+
+
 def _to_device(values: list[int], device: torch.device) -> torch.Tensor:
     """An int64 tensor of ``values`` on ``device``, copied without waiting (pinned) on CUDA."""
     if device.type != "cuda":
@@ -302,11 +378,12 @@ def _to_device(values: list[int], device: torch.device) -> torch.Tensor:
     return torch.tensor(values, dtype=torch.int64).pin_memory().to(device, non_blocking=True)
 
 
-def _to_host(*tensors: torch.Tensor | None) -> list[list | None]:
-    """``t.tolist()`` of each tensor (``None`` stays ``None``), with one wait on the device: the
-    copies to pinned host memory are queued first, then one event is waited for."""
+def _start_to_host(*tensors: torch.Tensor | None) -> tuple[list, torch.cuda.Event | None]:
+    """Queue copies of CUDA tensors to pinned host memory, without waiting: returns the host
+    tensors (``None`` stays ``None``; tensors on the host are returned as they are) and an event
+    recorded after the copies, ``None`` when nothing is on a CUDA device."""
     if not any(t is not None and t.device.type == "cuda" for t in tensors):
-        return [None if t is None else t.tolist() for t in tensors]
+        return list(tensors), None
     host = []
     for t in tensors:
         if t is None:
@@ -317,5 +394,4 @@ def _to_host(*tensors: torch.Tensor | None) -> list[list | None]:
         host.append(h)
     done = torch.cuda.Event()
     done.record()
-    done.synchronize()
-    return [None if h is None else h.tolist() for h in host]
+    return host, done

@@ -20,6 +20,11 @@ class Request:
     tokens ``[num_computed, num_tokens)``, in chunks; a step that reaches the end samples a token.
     Preemption drops the pages (``num_computed = 0``) and keeps the output: the request later
     recomputes ``prompt_ids + output_ids`` as its prompt and carries on where it was.
+
+    With overlap scheduling (see :class:`kernels.serve.engine.Engine`), a sampled token reaches
+    ``output_ids`` a step after its batch was launched: meanwhile it counts in ``num_pending`` (and
+    in ``num_tokens``), and the next batch reads it on the device as row ``pending_row`` of the
+    sampled tokens of the last launched batch.
     """
 
     request_id: str
@@ -32,6 +37,8 @@ class Request:
     num_computed: int = 0
     cache_node: Any = None  # the radix-cache node this request holds locked, if any
     cached_tokens: int | None = None  # prompt tokens served from the cache at first admission
+    num_pending: int = 0  # tokens sampled on the device, not yet in output_ids
+    pending_row: int = 0  # the newest one's row in its batch's sampled tokens
 
     # Output bookkeeping of the engine.
     detokenizer: Any = None
@@ -43,14 +50,15 @@ class Request:
 
     @property
     def num_tokens(self) -> int:
-        return len(self.prompt_ids) + len(self.output_ids)
+        return len(self.prompt_ids) + len(self.output_ids) + self.num_pending
 
     @property
     def finished(self) -> bool:
         return self.finish_reason is not None
 
     def tokens(self, start: int, end: int) -> list[int]:
-        """Tokens ``[start, end)`` of ``prompt_ids + output_ids``, without building the whole list."""
+        """Tokens ``[start, end)`` of ``prompt_ids + output_ids``, without building the whole list
+        (pending tokens, not known on the host yet, are left out)."""
         p = len(self.prompt_ids)
         if start >= p:
             return self.output_ids[start - p : end - p]

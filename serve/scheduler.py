@@ -33,6 +33,9 @@ class ScheduledBatch:
     num_new: list[int]
     forward: ForwardBatch
     sample_rows: list[int]  # rows whose sequence reaches its end this step: they yield a token
+    # Some input id is a placeholder -(j + 1): the token sampled for row j of the sampled tokens of
+    # the batch launched before this one, still on the device (overlap scheduling).
+    has_placeholders: bool = False
 
 
 @dataclass
@@ -108,7 +111,8 @@ class Scheduler:
         return bool(self.waiting or self.running)
 
     def schedule(self) -> ScheduledBatch | None:
-        """Pick this step's work and build its batch; ``None`` when nothing is left to run."""
+        """Pick this step's work and build its batch; ``None`` when nothing is left to run, or
+        nothing can run before the tokens of the batch in flight are known (overlap scheduling)."""
         decodes = sum(1 for r in self.running if r.num_tokens - r.num_computed == 1)
         decode_budget = self.max_batch_tokens
         prefill_budget = max(self.max_batch_tokens - decodes, 0)
@@ -120,6 +124,8 @@ class Scheduler:
             req = queue.popleft()
             self.running.append(req)
             left = req.num_tokens - req.num_computed
+            if req.num_pending and len(req.output_ids) + req.num_pending >= req.params.max_tokens:
+                continue  # its pending token is its last: nothing more to compute
             n = min(left, prefill_budget) if left > 1 else min(1, decode_budget)
             if n == 0:
                 continue
@@ -139,6 +145,8 @@ class Scheduler:
         if not preempted:
             self._admit(work, prefill_budget)
         if not work:
+            if any(r.num_pending for r in self.running) or any(r.num_pending for r in self.waiting):
+                return None  # waiting on the tokens of the batch in flight
             if self.running or self.waiting:
                 raise RuntimeError("scheduler made no progress with requests pending")
             return None
@@ -149,14 +157,44 @@ class Scheduler:
         return self._build(work)
 
     def update(self, batch: ScheduledBatch, token_ids: list[int]) -> None:
-        """Record a step's results: ``token_ids[j]`` is the token sampled for ``sample_rows[j]``."""
+        """Record a step's results: ``token_ids[j]`` is the token sampled for ``sample_rows[j]``.
+        The same as :meth:`commit` then :meth:`add_tokens`."""
+        self.commit(batch)
+        self.add_tokens(batch, token_ids)
+
+    def commit(self, batch: ScheduledBatch) -> None:
+        """Record a launched batch's work as done (the device does it in stream order before any
+        later batch reads it); each sampled row's token becomes pending until :meth:`add_tokens`."""
+        for j, row in enumerate(batch.sample_rows):
+            req = batch.requests[row]
+            req.num_pending += 1
+            req.pending_row = j
         for req, n in zip(batch.requests, batch.num_new):
             req.num_computed += n
             if n > 1 and self.cache is not None:
                 # Cache the prefill so far: requests waiting on this prefix can use it next step.
                 self._cache_computed(req)
-        for row, token in zip(batch.sample_rows, token_ids):
-            batch.requests[row].output_ids.append(token)
+
+    def add_tokens(self, batch: ScheduledBatch, token_ids: list[int]) -> list[int]:
+        """Append the sampled tokens of a committed batch to their requests, skipping finished
+        ones (a request finished while the batch was in flight: its token is dropped). Returns
+        the indices ``j`` of the tokens appended."""
+        kept = []
+        for j, (row, token) in enumerate(zip(batch.sample_rows, token_ids)):
+            req = batch.requests[row]
+            req.num_pending -= 1
+            if not req.finished:
+                req.output_ids.append(token)
+                kept.append(j)
+        return kept
+
+    def rollback_decode(self, req: Request) -> None:
+        """Forget the one token ``req`` computes in the batch in flight (it finished meanwhile), so
+        that its pages are released as if that batch had not run for it."""
+        req.num_computed -= 1
+        self.stats.tokens_computed -= 1
+        if req.num_computed < len(req.prompt_ids):
+            self.stats.prompt_tokens_computed -= 1
 
     def finish(self, req: Request) -> None:
         """Drop a finished or aborted request, waiting or running, and release its pages."""
@@ -175,6 +213,8 @@ class Scheduler:
         for req in order:
             if budget <= 0 or len(self.running) >= self.max_running:
                 break
+            if req.num_pending:
+                continue  # preempted with a token in flight: its sequence is not known yet
             ids = req.tokens(0, req.num_tokens)
             if self.cache is not None:
                 match = self.cache.match_prefix(ids)
@@ -252,11 +292,16 @@ class Scheduler:
         ps = self.page_size
         b = len(work)
         requests, num_new, ids, starts, num_pages, pages, sample_rows = [], [], [], [], [], [], []
+        placeholders = False
         for i, (req, n) in enumerate(work):
             start = req.num_computed
             requests.append(req)
             num_new.append(n)
-            ids += req.tokens(start, start + n)
+            if req.num_pending:  # a decode whose input is the last batch's token, on the device
+                ids.append(-1 - req.pending_row)
+                placeholders = True
+            else:
+                ids += req.tokens(start, start + n)
             starts.append(start)
             num_pages.append(len(req.pages))
             pages += req.pages
@@ -310,7 +355,7 @@ class Scheduler:
             logits_indices=dev64[o_logits : o_logits + b],
             is_decode=t == b,
         )
-        return ScheduledBatch(requests, num_new, forward, sample_rows)
+        return ScheduledBatch(requests, num_new, forward, sample_rows, placeholders)
 
 
 def _offsets(*sizes: int) -> tuple[int, ...]:
