@@ -6,36 +6,22 @@ token must never be reported and the request's pages must be released once. Ever
 runs both ways and must give the same tokens, texts, logprobs, finish reasons and usage.
 """
 
-import json
 
 import pytest
 import torch
 
 from kernels.serve.engine import Engine
-from kernels.serve.loader import LoadedModel, load_model
-
-TINY = {
-    "architectures": ["LlamaForCausalLM"], "vocab_size": 256, "hidden_size": 64, "intermediate_size": 128,
-    "num_hidden_layers": 2, "num_attention_heads": 2, "num_key_value_heads": 1, "head_dim": 64,
-    "rms_norm_eps": 1e-5, "rope_theta": 10000.0, "max_position_embeddings": 1024, "eos_token_id": 0,
-}
-
+from kernels.serve.loader import load_model
+from tests.serve.tiny_models import load_texty, load_tiny
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    path = tmp_path_factory.mktemp("tiny") / "config.json"
-    path.write_text(json.dumps(TINY))
-    return load_model(str(path), load_format="dummy", device="cpu", dtype="float32", seed=3)
+    return load_tiny(tmp_path_factory, 3)
 
 
 @pytest.fixture(scope="module")
 def texty(tmp_path_factory):
-    """A tiny random model over SmolLM2's vocabulary, with its tokenizer: text in and out."""
-    smol = load_model(None, device="cpu", dtype="float32")
-    path = tmp_path_factory.mktemp("texty") / "config.json"
-    path.write_text(json.dumps(dict(TINY, vocab_size=smol.config.vocab_size, eos_token_id=2)))
-    model = load_model(str(path), load_format="dummy", device="cpu", dtype="float32", seed=5)
-    return LoadedModel(model.model, model.config, smol.tokenizer, "texty")
+    return load_texty(tmp_path_factory, load_model(None, device="cpu", dtype="float32"))
 
 
 def _prompts(n, seed=0, lo=3, hi=40):

@@ -1,39 +1,29 @@
-import json
 import random
 
 import pytest
 import torch
 
 from kernels.serve.forward_batch import ForwardBatch
-from kernels.serve.loader import load_model
 from kernels.serve.memory import KVPool
 from kernels.serve.request import Request
 from kernels.serve.sampling import SamplingParams
 from kernels.serve.scheduler import Scheduler
+from tests.serve.tiny_models import load_tiny
 
 PS = 4  # small pages, so that short prompts span many of them
 VOCAB = 128
 
-# A small Llama with random weights: the real model code, fast enough to run every step of every
-# request. Its output depends on every cached token through attention, so a wrong page, slot or
-# position changes the greedy tokens.
-TINY = {
-    "architectures": ["LlamaForCausalLM"], "vocab_size": VOCAB, "hidden_size": 64, "intermediate_size": 128,
-    "num_hidden_layers": 2, "num_attention_heads": 2, "num_key_value_heads": 1, "head_dim": 64,
-    "rms_norm_eps": 1e-5, "rope_theta": 10000.0, "max_position_embeddings": 256, "eos_token_id": 0,
-}
+MAX_CONTEXT = 256
 
 
 @pytest.fixture(scope="module")
 def model(tmp_path_factory):
-    path = tmp_path_factory.mktemp("tiny") / "config.json"
-    path.write_text(json.dumps(TINY))
-    return load_model(str(path), load_format="dummy", device="cpu", dtype="float32", seed=1).model
+    return load_tiny(tmp_path_factory, 1, vocab_size=VOCAB, max_position_embeddings=MAX_CONTEXT).model
 
 
 def _scheduler(num_pages=256, **kw):
     pool = KVPool(2, 1, 64, PS, num_pages, torch.float32, "cpu")
-    return Scheduler(pool, max_context=TINY["max_position_embeddings"], **kw)
+    return Scheduler(pool, max_context=MAX_CONTEXT, **kw)
 
 
 def _request(rid, prompt, max_tokens):
