@@ -18,6 +18,7 @@
 // Bad input (qo_indptr decreasing or out of [0, total_q], a kv_len below its query count or beyond
 // the page table, a page index outside [0, num_pages) among the pages a CTA would read) is never
 // read through: the CTA writes NaN to its rows of out and lse.
+#include <atomic>
 #include <cmath>
 #include <type_traits>
 
@@ -33,6 +34,7 @@ namespace {
 constexpr float kLog2e = 1.4426950408889634f;
 constexpr float kLn2 = 0.6931471805599453f;
 constexpr float kNoMax = -1e30f;  // finite: exp2(m - m_new) never sees inf - inf
+constexpr int kMaxDevices = 64;
 
 template <int D>
 struct PrefillTiling {
@@ -405,12 +407,17 @@ __global__ void __launch_bounds__(PrefillTiling<D>::kThreads, 2)
 }
 
 template <typename T, int D>
-cudaError_t launch_d(const PrefillParams& p, cudaStream_t stream) {
+cudaError_t launch_d(const PrefillParams& p, int device, cudaStream_t stream) {
   using Tl = PrefillTiling<D>;
   const auto kernel = paged_prefill_kernel<T, D>;
-  // Above 48 KB of dynamic shared memory needs the opt-in (once per kernel; cheap to repeat).
-  const cudaError_t attr = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Tl::kSmemBytes);
-  if (attr != cudaSuccess) return attr;
+  // Above 48 KB of dynamic shared memory needs the opt-in, once per kernel and device (not on
+  // every launch: it is a driver call).
+  static std::atomic<bool> opted_in[kMaxDevices];
+  if (device < 0 || device >= kMaxDevices || !opted_in[device].load(std::memory_order_acquire)) {
+    const cudaError_t attr = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Tl::kSmemBytes);
+    if (attr != cudaSuccess) return attr;
+    if (device >= 0 && device < kMaxDevices) opted_in[device].store(true, std::memory_order_release);
+  }
   const int64_t work = ceil_div(p.total_q, Tl::kBr) + p.batch;  // >= the sum of per-sequence tiles
   const dim3 grid(static_cast<unsigned>(work), p.num_heads);
   kernel<<<grid, Tl::kThreads, Tl::kSmemBytes, stream>>>(p);
@@ -418,11 +425,11 @@ cudaError_t launch_d(const PrefillParams& p, cudaStream_t stream) {
 }
 
 template <typename T>
-cudaError_t launch_dtype(const PrefillParams& p, int head_dim, cudaStream_t stream) {
+cudaError_t launch_dtype(const PrefillParams& p, int head_dim, int device, cudaStream_t stream) {
   switch (head_dim) {
-    case 64: return launch_d<T, 64>(p, stream);
-    case 128: return launch_d<T, 128>(p, stream);
-    default: return launch_d<T, 256>(p, stream);
+    case 64: return launch_d<T, 64>(p, device, stream);
+    case 128: return launch_d<T, 128>(p, device, stream);
+    default: return launch_d<T, 256>(p, device, stream);
   }
 }
 
@@ -455,8 +462,10 @@ cudaError_t launch_paged_prefill(void* out, float* lse, const void* q, const voi
   p.causal = causal;
   p.q_scale = soft_cap > 0.f ? scale / soft_cap : scale * kLog2e;
   p.cap_log2 = soft_cap > 0.f ? soft_cap * kLog2e : 0.f;
-  if (dtype == Dtype::kBFloat16) return launch_dtype<__nv_bfloat16>(p, shape.head_dim, stream);
-  if (dtype == Dtype::kFloat16) return launch_dtype<__half>(p, shape.head_dim, stream);
+  int device = -1;
+  if (cudaGetDevice(&device) != cudaSuccess) return cudaGetLastError();
+  if (dtype == Dtype::kBFloat16) return launch_dtype<__nv_bfloat16>(p, shape.head_dim, device, stream);
+  if (dtype == Dtype::kFloat16) return launch_dtype<__half>(p, shape.head_dim, device, stream);
   return cudaErrorInvalidValue;  // float32 attention is CPU-only
 }
 

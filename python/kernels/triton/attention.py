@@ -129,6 +129,16 @@ def _scores(q, k, scale, soft_cap, SOFT_CAP: tl.constexpr, IEEE: tl.constexpr):
 
 
 @triton.jit
+def _normalize(acc, m, l, invalid):
+    """The online softmax's result: out = acc / l and lse = m + log(l) (-inf for rows that attended
+    nothing), NaN for rows of bad input."""
+    has = l > 0
+    out = acc / tl.where(has, l, 1.0)[:, None]
+    lse = tl.where(has, m + tl.log(tl.where(has, l, 1.0)), float("-inf"))
+    return tl.where(invalid, float("nan"), out), tl.where(invalid, float("nan"), lse)
+
+
+@triton.jit
 def _bad_pages(pt_row, p_lo, p_hi, num_pages, BLOCK_P: tl.constexpr):
     """1 if any page-table entry in [p_lo, p_hi) lies outside [0, num_pages), else 0."""
     bad = tl.zeros([BLOCK_P], dtype=tl.int32)
@@ -250,12 +260,7 @@ def paged_decode_kernel(
         v = tl.load(v_base + offs, mask=ok[:, None], other=0.0)
         m, l, acc = _online_softmax(s, v, m, l, acc, IEEE)
 
-    invalid = (bad > 0) | ~len_ok
-    has = l > 0
-    out = acc / tl.where(has, l, 1.0)[:, None]
-    lse = tl.where(has, m + tl.log(tl.where(has, l, 1.0)), float("-inf"))
-    out = tl.where(invalid, float("nan"), out)
-    lse = tl.where(invalid, float("nan"), lse)
+    out, lse = _normalize(acc, m, l, (bad > 0) | ~len_ok)
     ws = (q_rows * num_splits + split)
     tl.store(ws_out_ptr + ws[:, None] * HEAD_DIM + d[None, :], out, mask=h_ok[:, None])
     tl.store(ws_lse_ptr + ws, lse, mask=h_ok)
@@ -377,12 +382,7 @@ def paged_prefill_kernel(
         v = tl.load(v_base + offs, mask=ok[:, None], other=0.0)
         m, l, acc = _online_softmax(s, v, m, l, acc, IEEE)
 
-    invalid = (bad > 0) | ~len_ok
-    has = l > 0
-    out = acc / tl.where(has, l, 1.0)[:, None]
-    lse = tl.where(has, m + tl.log(tl.where(has, l, 1.0)), float("-inf"))
-    out = tl.where(invalid, float("nan"), out)
-    lse = tl.where(invalid, float("nan"), lse)
+    out, lse = _normalize(acc, m, l, (bad > 0) | ~len_ok)
     tl.store(out_ptr + q_rows[:, None] * HEAD_DIM + d[None, :], out.to(out_ptr.dtype.element_ty), mask=row_ok[:, None])
     tl.store(lse_ptr + q_rows, lse, mask=row_ok)
 
