@@ -66,12 +66,16 @@ class Engine:
         Overlap scheduling (see the module's notes): launch the next batch before waiting for the
         current one's tokens, so that the host's work hides behind the device's. ``False`` runs
         one batch at a time (for debugging); the tokens are the same either way.
+    detokenize : bool
+        Build each request's text as its tokens come. ``False`` (the server, which detokenizes
+        in another process) leaves ``text`` empty except for requests with stop strings, whose
+        matching needs the text.
     """
 
     def __init__(self, model=None, *, device="auto", dtype="auto", load_format="auto", page_size: int = 16,
                  max_total_tokens: int | None = None, memory_fraction: float = 0.85, max_batch_tokens: int = 2048,
                  max_running_requests: int = 256, enable_prefix_cache: bool = True, cuda_graph: bool = True,
-                 cuda_graph_max_batch: int = MAX_CAPTURE_BATCH, overlap: bool = True):
+                 cuda_graph_max_batch: int = MAX_CAPTURE_BATCH, overlap: bool = True, detokenize: bool = True):
         if model is None or isinstance(model, (str, os.PathLike)):
             model = load_model(model, device=device, dtype=dtype, load_format=load_format)
         self.model = model.model
@@ -97,6 +101,7 @@ class Engine:
         self._requests: dict[str, Request] = {}
         self._ids = itertools.count()
         self.overlap = bool(overlap)
+        self.detokenize = bool(detokenize)
         self._ahead: _Launched | None = None  # the batch launched and not yet reported
 
     @property
@@ -207,6 +212,20 @@ class Engine:
     def has_unfinished(self) -> bool:
         return bool(self._requests)
 
+    def load(self) -> EngineLoad:
+        """A snapshot of the queue and of the KV pool (what a server's metrics report)."""
+        cache = self.scheduler.cache
+        return EngineLoad(
+            running=len(self.scheduler.running),
+            waiting=len(self.scheduler.waiting),
+            pages_total=self.pool.num_pages,
+            pages_free=self.pool.num_free_pages,
+            pages_cached=cache.num_pages if cache is not None else 0,
+            pages_evictable=cache.evictable_pages if cache is not None else 0,
+            prompt_tokens_computed=self.stats.prompt_tokens_computed,
+            prompt_tokens_cached=self.stats.prompt_tokens_cached,
+        )
+
     # ---- internals ---------------------------------------------------------------------------
 
     def _launch(self, batch: ScheduledBatch, previous: _Launched | None) -> _Launched:
@@ -304,7 +323,7 @@ class Engine:
         req = Request(request_id, prompt_ids, params)
         if params.seed is not None:
             req.generator = make_generator(params.seed, self.device)
-        if self.tokenizer is not None:
+        if self.tokenizer is not None and (self.detokenize or params.stop):
             req.detokenizer = IncrementalDetokenizer(self.tokenizer, prompt_ids)
         if params.logprobs is not None:
             req.logprobs = []
@@ -341,8 +360,12 @@ class Engine:
         text = req.text[req.sent_text : end]
         tokens = req.output_ids[req.sent_tokens :]
         logprobs = req.logprobs[req.sent_tokens :] if req.logprobs is not None else None
+        queue_time = None
+        if req.sent_tokens == 0 and req.admitted_at is not None:
+            queue_time = req.admitted_at - req.created_at
         req.sent_text, req.sent_tokens = end, len(req.output_ids)
-        return StepOutput(req.request_id, tokens, text, logprobs, req.finished, req.finish_reason, self._usage(req))
+        return StepOutput(req.request_id, tokens, text, logprobs, req.finished, req.finish_reason, self._usage(req),
+                          queue_time)
 
     def _final_output(self, req: Request) -> GenerationOutput:
         return GenerationOutput(req.request_id, req.text, list(req.output_ids), req.finish_reason, self._usage(req),
@@ -351,6 +374,23 @@ class Engine:
     @staticmethod
     def _usage(req: Request) -> Usage:
         return Usage(len(req.prompt_ids), len(req.output_ids), req.cached_tokens or 0)
+
+
+@dataclass
+class EngineLoad:
+    running: int  # requests holding pages
+    waiting: int  # requests queued, preempted ones included
+    pages_total: int
+    pages_free: int  # in the allocator
+    pages_cached: int  # held by the prefix cache
+    pages_evictable: int  # of those, unlocked: free for the asking
+    prompt_tokens_computed: int  # since start (cumulative, like the next)
+    prompt_tokens_cached: int
+
+    @property
+    def pages_in_use(self) -> int:
+        """Pages held by requests (a locked cached prefix counts; an evictable one does not)."""
+        return self.pages_total - self.pages_free - self.pages_evictable
 
 
 @dataclass(eq=False)

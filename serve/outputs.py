@@ -35,6 +35,8 @@ class StepOutput:
     finished: bool
     finish_reason: str | None  # "stop", "length" or "abort" once finished
     usage: Usage
+    # Seconds from add_request to the first admission; only on the request's first output.
+    queue_time: float | None = None
 
 
 @dataclass

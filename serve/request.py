@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,6 +38,8 @@ class Request:
     num_computed: int = 0
     cache_node: Any = None  # the radix-cache node this request holds locked, if any
     cached_tokens: int | None = None  # prompt tokens served from the cache at first admission
+    created_at: float = field(default_factory=time.monotonic)
+    admitted_at: float | None = None  # first admission (time.monotonic)
     num_pending: int = 0  # tokens sampled on the device, not yet in output_ids
     pending_row: int = 0  # the newest one's row in its batch's sampled tokens
 

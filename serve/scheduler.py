@@ -10,6 +10,7 @@ preempted: their pages go (computed pages into the cache), and they recompute la
 
 from __future__ import annotations
 
+import time
 from collections import deque
 from dataclasses import dataclass
 
@@ -231,6 +232,7 @@ class Scheduler:
                     break
             if req.cached_tokens is None:
                 req.cached_tokens = req.num_computed
+                req.admitted_at = time.monotonic()
                 self.stats.prompt_tokens_cached += req.num_computed
             self.waiting.remove(req)
             self.running.append(req)

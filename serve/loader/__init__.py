@@ -12,7 +12,7 @@ from ..tokenizer import TOKENIZER_FILES, Tokenizer
 from .common import resolve_device, resolve_dtype
 from .default_model import default_model_path
 from .dummy import load_dummy, shipped_configs
-from .gguf import load_gguf
+from .gguf import gguf_has_tokenizer, load_gguf
 from .hf import load_hf
 
 LOAD_FORMATS = ("auto", "gguf", "hf", "dummy")
@@ -75,9 +75,25 @@ def load_model(path: str | None = None, *, device="auto", dtype="auto", load_for
         tokenizer = Tokenizer.from_gguf(path, config.eos_token_ids) if has_tokenizer else None
         return LoadedModel(model, config, tokenizer, os.path.basename(path).removesuffix(".gguf"))
     model, config = load_hf(path, device, dtype)
-    has_tokenizer = any(os.path.isfile(os.path.join(path, f)) for f in TOKENIZER_FILES)
-    tokenizer = Tokenizer.from_dir(path, config.eos_token_ids) if has_tokenizer else None
-    return LoadedModel(model, config, tokenizer, os.path.basename(os.path.normpath(path)))
+    return LoadedModel(model, config, load_tokenizer(path, "hf", config.eos_token_ids),
+                       os.path.basename(os.path.normpath(path)))
 
 
-__all__ = ["LOAD_FORMATS", "LoadedModel", "default_model_path", "load_model", "shipped_configs"]
+def load_tokenizer(path: str | None, load_format: str = "auto", eos_token_ids=()) -> Tokenizer | None:
+    """The tokenizer :func:`load_model` would load for the same ``path`` and ``load_format``,
+    without the weights (the server's main process tokenizes; the model lives elsewhere).
+    ``None`` where there is none: dummy weights, a directory without tokenizer files, a GGUF file
+    without tokenizer metadata."""
+    if load_format == "dummy":
+        return None
+    path = default_model_path() if path is None else os.fspath(path)
+    if load_format == "hf" or (load_format == "auto" and os.path.isdir(path)):
+        if not any(os.path.isfile(os.path.join(path, f)) for f in TOKENIZER_FILES):
+            return None
+        return Tokenizer.from_dir(path, eos_token_ids)
+    if not gguf_has_tokenizer(path):
+        return None
+    return Tokenizer.from_gguf(path, eos_token_ids)
+
+
+__all__ = ["LOAD_FORMATS", "LoadedModel", "default_model_path", "load_model", "load_tokenizer", "shipped_configs"]

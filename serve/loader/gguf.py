@@ -44,6 +44,9 @@ def hf_name(name: str) -> str:
     raise ValueError(f"GGUF tensor {name} has no place in a Llama-family model")
 
 
+_TOKENIZER_FIELD = "tokenizer.ggml.model"
+
+
 def load_gguf(path: str, device: torch.device, dtype: torch.dtype):
     """Read ``path``; return ``(model, config, has_tokenizer)``, the last whether the metadata holds a tokenizer.
 
@@ -85,7 +88,14 @@ def load_gguf(path: str, device: torch.device, dtype: torch.dtype):
         return torch.from_numpy(np.require(w, requirements=["C", "W"]))  # a writable copy where w views the file
 
     model = build_model(config, dtype, device, shapes, read, f"Loading {os.path.basename(path)}")
-    return model, config, "tokenizer.ggml.model" in reader.fields
+    return model, config, _TOKENIZER_FIELD in reader.fields
+
+
+def gguf_has_tokenizer(path: str) -> bool:
+    """Whether the GGUF file's metadata holds a tokenizer (the tensors are not read)."""
+    from gguf import GGUFReader
+
+    return _TOKENIZER_FIELD in GGUFReader(path).fields
 
 
 def gguf_hf_config(reader) -> dict:
