@@ -4,7 +4,8 @@
 # benchmarks; write logs and result files into OUT and pack them into OUT/gpu_check.tar.gz.
 #
 #   scripts/gpu_check.sh OUT [--no-tests] [OP[:SHAPE,SHAPE...] ...]
-#     OP: a `kernels bench` op name, or `all` (default: none), optionally with its shapes;
+#     OP: a `kernels bench` op name, or `all` (default: none), optionally with its shapes, or
+#     serve_online (scripts/bench_serve.sh: offline engine, then server + load generator);
 #     --no-tests: benchmarks only (a second call within one device lease, when tests and benchmarks
 #     together outrun its 10 minutes). BENCH_TIMEOUT (s, default 400) bounds each benchmark;
 #     CPU_TESTS=0 skips the CPU suite on this host (when only CUDA code changed since it last ran).
@@ -54,6 +55,13 @@ if [ $RUN_TESTS = 1 ]; then
 fi
 
 for spec in "$@"; do
+  if [ "$spec" = serve_online ]; then  # the server against the offline engine: scripts/bench_serve.sh
+    step "scripts/bench_serve.sh (serve_offline, then kernels serve + kernels bench serve)"
+    timeout "${BENCH_TIMEOUT:-400}" scripts/bench_serve.sh "$LOG/serve" >"$LOG/bench_serve.log" 2>&1 || status=1
+    tail -40 "$LOG/bench_serve.log"
+    mkdir -p "$LOG/results" && cp "$LOG"/serve/serve_*.json "$LOG/results/" 2>/dev/null
+    continue
+  fi
   op=${spec%%:*}
   shapes=()
   [ "$spec" != "$op" ] && shapes=(--shapes "${spec#*:}")
