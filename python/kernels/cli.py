@@ -1,4 +1,4 @@
-"""`kernels info | bench`: the command-line entry point."""
+"""`kernels info | bench | serve`: the command-line entry point."""
 
 from __future__ import annotations
 
@@ -87,7 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="kernels",
         description="LLM inference kernels across NVIDIA, ROCm, Intel XPU and CPU.",
         epilog="Examples: `kernels info`, `kernels bench rms_norm --dtype bfloat16`, "
-        "`kernels bench offline --help` (serving throughput).",
+        "`kernels bench offline --help` (serving throughput), "
+        "`kernels bench serve --help` (load on a running server).",
     )
     parser.add_argument("--version", action="version", version=f"kernels {kernels.__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -104,15 +105,26 @@ def build_parser() -> argparse.ArgumentParser:
     fmt.add_argument("--markdown", action="store_true", help="print the matrix as a Markdown table (docs/support-matrix.md)")
     info.set_defaults(func=_info)
     bench_cli.add_parser(sub)
+    # Listed here for `kernels --help`; main() hands `kernels serve ...` to the serving package.
+    sub.add_parser("serve", add_help=False,
+                   help="serve a model behind an OpenAI-compatible HTTP API (`kernels serve --help`)")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["serve"]:  # the serving layer lives in serve/, imported only here
+        from kernels.serve.server import main as server
+
+        return server.main(argv[1:])
     if argv[:2] == ["bench", "offline"]:  # the serving benchmarks live in serve/, imported only here
         from kernels.serve.bench import offline
 
         return offline.main(argv[2:])
+    if argv[:2] == ["bench", "serve"]:
+        from kernels.serve.bench import online
+
+        return online.main(argv[2:])
     parser = build_parser()
     args = parser.parse_args(argv)
     return args.func(args)

@@ -1,1 +1,2 @@
-"""Serving benchmarks: ``kernels bench offline`` (:mod:`kernels.serve.bench.offline`)."""
+"""Serving benchmarks: ``kernels bench offline`` (the engine in-process, :mod:`.offline`) and
+``kernels bench serve`` (a load generator against a running server, :mod:`.online`)."""
