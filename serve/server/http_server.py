@@ -13,7 +13,7 @@ import dataclasses
 import hmac
 import logging
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -24,23 +24,16 @@ from .protocol import APIError, Job, ModelLimits, parse_chat, parse_completion, 
 
 log = logging.getLogger("kernels.serve")
 
-_OPEN_PATHS = ("/health", "/metrics")  # no API key needed: probes and scrapers
 
 
 def build_app(client: EngineClient, model_id: str) -> FastAPI:
     args = client.args
     info = client.info
     limits = ModelLimits(model_id, info.context_length, info.vocab_size, info.max_total_tokens)
+    # Checked per route rather than by an HTTP middleware: Starlette's middleware would relay
+    # every event of every stream through a task of its own.
+    auth = [Depends(_require_key(args.api_key))] if args.api_key is not None else []
     app = FastAPI(title="kernels serve", docs_url=None, redoc_url=None, openapi_url=None)
-
-    @app.middleware("http")
-    async def authenticate(request: Request, call_next):
-        if args.api_key is not None and request.url.path not in _OPEN_PATHS:
-            header = request.headers.get("authorization", "")
-            scheme, _, key = header.partition(" ")
-            if scheme.lower() != "bearer" or not hmac.compare_digest(key.strip().encode(), args.api_key.encode()):
-                return _error(APIError(401, "missing or wrong API key: send 'Authorization: Bearer KEY'"))
-        return await call_next(request)
 
     @app.exception_handler(APIError)
     async def api_error(request: Request, e: APIError):
@@ -49,7 +42,9 @@ def build_app(client: EngineClient, model_id: str) -> FastAPI:
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, e: StarletteHTTPException):
         message = f"{request.method} {request.url.path}: {e.detail}"
-        return _error(APIError(e.status_code, message))
+        response = _error(APIError(e.status_code, message))
+        response.headers.update(e.headers or {})  # 405's Allow
+        return response
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, e: Exception):
@@ -66,30 +61,41 @@ def build_app(client: EngineClient, model_id: str) -> FastAPI:
     async def metrics():
         return Response(client.metrics.render(), media_type=CONTENT_TYPE)
 
-    @app.get("/v1/models")
+    @app.get("/v1/models", dependencies=auth)
     async def models():
         return {"object": "list", "data": [{"id": model_id, "object": "model", "created": 0, "owned_by": "kernels",
                                             "max_model_len": info.context_length}]}
 
-    @app.post("/v1/completions")
+    @app.post("/v1/completions", dependencies=auth)
     async def completions(request: Request):
         job = parse_completion(await _read_json(request, args.max_request_bytes), client.tokenizer, limits)
         return await _run(client, request, job, Formatter("completion", client.new_request_id("cmpl"), model_id,
                                                           client.tokenizer))
 
-    @app.post("/v1/chat/completions")
+    @app.post("/v1/chat/completions", dependencies=auth)
     async def chat(request: Request):
         job = parse_chat(await _read_json(request, args.max_request_bytes), client.tokenizer, limits)
         return await _run(client, request, job, Formatter("chat", client.new_request_id("chatcmpl"), model_id,
                                                           client.tokenizer))
 
-    @app.post("/generate")
+    @app.post("/generate", dependencies=auth)
     async def generate(request: Request):
         job = parse_generate(await _read_json(request, args.max_request_bytes), client.tokenizer, limits)
         return await _run(client, request, job, Formatter("generate", client.new_request_id("gen"), model_id,
                                                           client.tokenizer))
 
     return app
+
+
+def _require_key(api_key: str):
+    expected = api_key.encode()
+
+    def check(request: Request) -> None:
+        scheme, _, key = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(key.strip().encode(), expected):
+            raise APIError(401, "missing or wrong API key: send 'Authorization: Bearer KEY'")
+
+    return check
 
 
 def _error(e: APIError) -> JSONResponse:
@@ -187,15 +193,14 @@ async def _client_left(request: Request) -> None:
 async def _stream(client: EngineClient, job: Job, fmt: Formatter, streams: list[RequestStream]):
     """Server-sent events of every choice as its tokens come, then usage if asked, then [DONE].
     A client that leaves closes this generator: the requests still running are aborted."""
-    merged: asyncio.Queue = asyncio.Queue()
-    pumps = [asyncio.ensure_future(_pump(i, s, merged)) for i, s in enumerate(streams)]
+    pumps, events = _merge(streams)
     open_choices = len(streams)
     offsets = [0] * len(streams)
     first = [True] * len(streams)
     usages = [None] * len(streams)
     try:
         while open_choices:
-            index, inc = await merged.get()
+            index, inc = await events()
             if inc.error is not None:
                 yield sse(APIError(inc.error_status, inc.error).body())
                 break
@@ -223,6 +228,20 @@ async def _stream(client: EngineClient, job: Job, fmt: Formatter, streams: list[
             client.abort(s.request_id)  # a no-op for the finished ones
 
 
-async def _pump(index: int, stream: RequestStream, merged: asyncio.Queue) -> None:
-    async for inc in stream:
-        merged.put_nowait((index, inc))
+def _merge(streams: list[RequestStream]):
+    """``(tasks, next_event)``: ``await next_event()`` gives ``(choice index, increment)`` of
+    whichever stream has one. One stream is read directly (the common case: no task per event)."""
+    if len(streams) == 1:
+        stream = streams[0]
+        return [], lambda: _indexed(0, stream)
+    merged: asyncio.Queue = asyncio.Queue()
+
+    async def pump(index: int, stream: RequestStream) -> None:
+        async for inc in stream:
+            merged.put_nowait((index, inc))
+
+    return [asyncio.ensure_future(pump(i, s)) for i, s in enumerate(streams)], merged.get
+
+
+async def _indexed(index: int, stream: RequestStream) -> tuple[int, Increment]:
+    return index, await stream.__anext__()

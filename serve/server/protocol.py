@@ -8,8 +8,8 @@ was wrong in the client's own terms, and nothing a client sends can turn into a 
 from __future__ import annotations
 
 import json
-import numbers
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, fields
 
 from ..sampling import SamplingParams
 from ..tokenizer import Tokenizer
@@ -26,6 +26,7 @@ _COMPLETION_KEYS = _COMMON_KEYS | {"prompt", "logprobs", "echo", "best_of", "log
 _CHAT_KEYS = _COMMON_KEYS | {"messages", "max_completion_tokens", "logprobs", "top_logprobs", "logit_bias",
                              "tools", "tool_choice", "response_format", "parallel_tool_calls"}
 _GENERATE_KEYS = {"text", "input_ids", "sampling_params", "stream", "model"}
+_SAMPLING_FIELDS = frozenset(f.name for f in fields(SamplingParams))  # /generate's sampling_params keys
 _ROLES = ("system", "developer", "user", "assistant", "tool")
 _DEFAULT_CODES = {401: "invalid_api_key", 404: "not_found", 405: "method_not_allowed", 413: "request_too_large",
                   503: "service_unavailable"}
@@ -44,7 +45,8 @@ class APIError(Exception):
         self.type = type or ("invalid_request_error" if status < 500 else "server_error")
 
     def body(self) -> dict:
-        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+        return {"error": {"message": _printable(self.message), "type": self.type, "param": _printable(self.param),
+                          "code": self.code}}
 
 
 def bad(message: str, param: str | None = None) -> APIError:
@@ -77,14 +79,21 @@ def parse_json(raw: bytes) -> dict:
         body = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise bad(f"the request body is not valid JSON: {e}") from None
+    except RecursionError:
+        raise bad("the request body is nested too deeply") from None
+    except ValueError:  # an integer of more digits than Python converts (sys.get_int_max_str_digits)
+        raise bad("the request body holds a number with too many digits") from None
     if not isinstance(body, dict):
-        raise bad(f"the request body must be a JSON object, got {type(body).__name__}")
+        raise bad(f"the request body must be a JSON object, got {_type(body)}")
+    if _SURROGATE_ESCAPE.search(raw):  # the only way a lone surrogate gets in: a \uD800-\uDFFF escape
+        _check_unicode(body)
     return body
 
 
 def parse_completion(body: dict, tokenizer: Tokenizer | None, limits: ModelLimits) -> Job:
     _check_keys(body, _COMPLETION_KEYS)
     _check_model(body, limits)
+    _check_user(body)
     for key, allowed in (("echo", (None, False)), ("suffix", (None,)), ("logit_bias", (None, {}))):
         if body.get(key) not in allowed:
             raise bad(f"{key} is not supported by this server", key)
@@ -94,7 +103,7 @@ def parse_completion(body: dict, tokenizer: Tokenizer | None, limits: ModelLimit
         raise bad("best_of is not supported by this server (only best_of = n)", "best_of")
     logprobs = _optional_int(body, "logprobs", 0, 20)
     max_tokens = _optional_int(body, "max_tokens", 1, None)
-    params = _sampling(body, COMPLETIONS_DEFAULT_MAX_TOKENS if max_tokens is None else max_tokens, logprobs)
+    params = _sampling(body, COMPLETIONS_DEFAULT_MAX_TOKENS if max_tokens is None else max_tokens, logprobs, limits)
     for ids in prompts:
         _check_length(ids, params.max_tokens, limits)
     return Job("completion", prompts, params, n, *_stream(body), logprobs)
@@ -103,6 +112,7 @@ def parse_completion(body: dict, tokenizer: Tokenizer | None, limits: ModelLimit
 def parse_chat(body: dict, tokenizer: Tokenizer | None, limits: ModelLimits) -> Job:
     _check_keys(body, _CHAT_KEYS)
     _check_model(body, limits)
+    _check_user(body)
     if tokenizer is None or tokenizer.chat_template is None:
         raise bad("this model has no chat template: use /v1/completions")
     for key in ("tools", "tool_choice"):
@@ -119,13 +129,15 @@ def parse_chat(body: dict, tokenizer: Tokenizer | None, limits: ModelLimits) -> 
     if top is not None and not want_logprobs:
         raise bad("top_logprobs needs logprobs: true", "top_logprobs")
     logprobs = (top or 0) if want_logprobs else None
-    max_tokens = _optional_int(body, "max_completion_tokens", 1, None)
+    max_name = "max_completion_tokens"
+    max_tokens = _optional_int(body, max_name, 1, None)
     if max_tokens is None:
-        max_tokens = _optional_int(body, "max_tokens", 1, None)
+        max_name = "max_tokens"
+        max_tokens = _optional_int(body, max_name, 1, None)
     if max_tokens is None:  # as much as the context and the KV pool leave
         max_tokens = max(min(limits.context_length - len(ids), limits.max_total_tokens + 1 - len(ids)), 1)
-    params = _sampling(body, max_tokens, logprobs)
-    _check_length(ids, params.max_tokens, limits)
+    params = _sampling(body, max_tokens, logprobs, limits)
+    _check_length(ids, params.max_tokens, limits, "messages", max_name)
     return Job("chat", [ids], params, n, *_stream(body), logprobs)
 
 
@@ -135,18 +147,26 @@ def parse_generate(body: dict, tokenizer: Tokenizer | None, limits: ModelLimits)
     _check_model(body, limits)
     if ("text" in body) == ("input_ids" in body):
         raise bad("give exactly one of text and input_ids", "input_ids")
+    prompt_name = "text" if "text" in body else "input_ids"
     if "text" in body:
         ids = _tokenize(body["text"], tokenizer, "text")
     else:
         ids = _token_ids(body["input_ids"], "input_ids", limits)
-    sp = body.get("sampling_params") or {}
+    sp = body.get("sampling_params")
+    if sp is None:
+        sp = {}
     if not isinstance(sp, dict):
-        raise bad("sampling_params must be an object", "sampling_params")
+        raise bad(f"sampling_params must be an object, got {_type(sp)}", "sampling_params")
+    unknown = sorted(k for k in sp if k not in _SAMPLING_FIELDS)
+    if unknown:
+        raise bad(f"unrecognized sampling parameter(s): {', '.join(unknown)}; known: "
+                  f"{', '.join(sorted(_SAMPLING_FIELDS))}", f"sampling_params.{unknown[0]}")
     try:
-        params = SamplingParams.from_mapping(sp)
+        params = SamplingParams(**sp)
     except (TypeError, ValueError) as e:
-        raise bad(str(e), f"sampling_params.{_param_of(e)}") from None
-    _check_length(ids, params.max_tokens, limits)
+        raise bad(_json_terms(str(e)), f"sampling_params.{_param_of(e)}") from None
+    _check_stop_ids(params, limits, "sampling_params.stop_token_ids")
+    _check_length(ids, params.max_tokens, limits, prompt_name, "sampling_params.max_tokens")
     stream = _optional_bool(body, "stream") or False
     return Job("generate", [ids], params, 1, stream, False, params.logprobs)
 
@@ -158,6 +178,12 @@ def _check_keys(body: dict, known: set[str]) -> None:
     unknown = sorted(k for k in body if k not in known)
     if unknown:
         raise bad(f"unrecognized request argument(s): {', '.join(unknown)}", unknown[0])
+
+
+def _check_user(body: dict) -> None:
+    user = body.get("user")
+    if user is not None and not isinstance(user, str):
+        raise bad(f"user must be a string, got {_type(user)}", "user")
 
 
 def _check_model(body: dict, limits: ModelLimits) -> None:
@@ -191,17 +217,40 @@ def _stream(body: dict) -> tuple[bool, bool]:
     return stream, usage
 
 
-def _sampling(body: dict, max_tokens: int, logprobs: int | None) -> SamplingParams:
+def _sampling(body: dict, max_tokens: int, logprobs: int | None, limits: ModelLimits) -> SamplingParams:
     values = {k: body[k] for k in _SAMPLING_KEYS if body.get(k) is not None}
     try:
-        return SamplingParams(max_tokens=max_tokens, logprobs=logprobs, **values)
+        params = SamplingParams(max_tokens=max_tokens, logprobs=logprobs, **values)
     except (TypeError, ValueError) as e:
-        raise bad(str(e), _param_of(e)) from None
+        raise bad(_json_terms(str(e)), _param_of(e)) from None
+    _check_stop_ids(params, limits, "stop_token_ids")
+    return params
+
+
+def _check_stop_ids(params: SamplingParams, limits: ModelLimits, name: str) -> None:
+    """A stop token outside the vocabulary could never be generated: a mistake, not a no-op."""
+    for i, t in enumerate(params.stop_token_ids):
+        if t >= limits.vocab_size:
+            raise bad(f"{name}[{i}] is {t}, outside the vocabulary [0, {limits.vocab_size})", name)
 
 
 def _param_of(error: Exception) -> str:
     """SamplingParams' messages start with the parameter's name (``stop[2] must ...``)."""
     return str(error).split(" ", 1)[0].split("[", 1)[0]
+
+
+# SamplingParams speaks Python ("must be a bool, got str"); a client wrote JSON.
+_PY_TYPES = {"str": "string", "dict": "object", "list": "array", "tuple": "array", "bool": "boolean",
+             "NoneType": "null"}
+_PY_PHRASES = ((r"\ba str\b", "a string"), (r"\bof str\b", "of strings"), (r"\ban int\b", "an integer"),
+               (r"\bof ints\b", "of integers"), (r"\ba bool\b", "a boolean"))
+
+
+def _json_terms(message: str) -> str:
+    message = re.sub(r"\bgot (\w+)$", lambda m: f"got {_PY_TYPES.get(m.group(1), m.group(1))}", message)
+    for python, client in _PY_PHRASES:
+        message = re.sub(python, client, message)
+    return message
 
 
 def _optional_int(body: dict, key: str, low: int, high: int | None) -> int | None:
@@ -231,7 +280,7 @@ def _completion_prompts(prompt, tokenizer: Tokenizer | None, limits: ModelLimits
         return [_tokenize(prompt, tokenizer, "prompt")]
     if not isinstance(prompt, list) or not prompt:
         raise bad("prompt must be a string, a list of token ids, or a non-empty list of those", "prompt")
-    if all(isinstance(t, numbers.Integral) and not isinstance(t, bool) for t in prompt):
+    if not any(isinstance(p, (str, list)) for p in prompt):  # one prompt of token ids
         return [_token_ids(prompt, "prompt", limits)]
     if len(prompt) > MAX_PROMPTS:
         raise bad(f"prompt holds {len(prompt)} prompts; at most {MAX_PROMPTS} per request", "prompt")
@@ -273,6 +322,8 @@ def _messages(messages) -> list[dict]:
         if not isinstance(m, dict):
             raise bad(f"{name} must be an object, got {_type(m)}", name)
         role = m.get("role")
+        if role is None:
+            raise bad(f"{name}.role is required (one of {', '.join(_ROLES)})", f"{name}.role")
         if role not in _ROLES:
             raise bad(f"{name}.role must be one of {', '.join(_ROLES)}, got {role!r}", f"{name}.role")
         out.append({"role": role, "content": _content(m.get("content"), f"{name}.content")})
@@ -294,17 +345,54 @@ def _content(content, name: str) -> str:
     raise bad(f"{name} must be a string or a list of text parts, got {_type(content)}", name)
 
 
-def _check_length(ids: list[int], max_tokens: int, limits: ModelLimits) -> None:
+def _check_length(ids: list[int], max_tokens: int, limits: ModelLimits, prompt_name: str = "prompt",
+                  max_name: str = "max_tokens") -> None:
+    """``prompt_name`` and ``max_name``: the request's own names of the prompt and of max_tokens."""
     if len(ids) >= limits.context_length:
-        raise bad(f"the prompt holds {len(ids)} tokens; the model's context length is {limits.context_length}",
-                  "prompt")
+        raise bad(f"{prompt_name} is {len(ids)} tokens long; the model's context length is {limits.context_length} "
+                  "(with at least one token left to generate)", prompt_name)
     if len(ids) + max_tokens > limits.context_length:
-        raise bad(f"prompt ({len(ids)} tokens) + max_tokens ({max_tokens}) exceeds the model's context length "
-                  f"of {limits.context_length} tokens", "max_tokens")
+        raise bad(f"{prompt_name} ({len(ids)} tokens) + {max_name} ({max_tokens}) exceeds the model's context "
+                  f"length of {limits.context_length} tokens", max_name)
     # The last token's K/V are never computed (as the scheduler counts).
     if len(ids) + max_tokens - 1 > limits.max_total_tokens:
-        raise bad(f"prompt ({len(ids)} tokens) + max_tokens ({max_tokens}) exceeds the KV pool of "
-                  f"{limits.max_total_tokens} tokens: the request could never fit", "max_tokens")
+        raise bad(f"{prompt_name} ({len(ids)} tokens) + {max_name} ({max_tokens}) exceeds the KV pool of "
+                  f"{limits.max_total_tokens} tokens: the request could never fit", max_name)
+
+
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+
+
+def _check_unicode(body: dict) -> None:
+    """Reject a string (or key) holding a lone UTF-16 surrogate: JSON lets ``"\\ud800"`` through,
+    but it is no character, and neither the tokenizer nor a UTF-8 answer can take it."""
+    stack = [(body, "")]
+    while stack:
+        value, path = stack.pop()
+        if isinstance(value, str) and not _is_unicode(value):
+            raise bad(f"{path} holds an unpaired UTF-16 surrogate (a \\uD800-\\uDFFF escape without its pair): "
+                      "not valid Unicode", path)
+        if isinstance(value, dict):
+            for k, v in value.items():
+                if not _is_unicode(k):
+                    raise bad(f"a key of {path or 'the request body'} ({k!r}) holds an unpaired "
+                              "UTF-16 surrogate: not valid Unicode", path or None)
+                stack.append((v, f"{path}.{k}" if path else k))
+        elif isinstance(value, list):
+            stack.extend((v, f"{path}[{i}]") for i, v in enumerate(value))
+
+
+def _is_unicode(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _printable(text: str | None) -> str | None:
+    """``text`` with any lone surrogate escaped, so that the answer can be UTF-8."""
+    return None if text is None else text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def _type(value) -> str:
