@@ -115,6 +115,7 @@ class EngineClient:
         self._ctx = zmq.Context()
         self._actx = zmq.asyncio.Context()
         self._to_scheduler = self._ctx.socket(zmq.PUSH)
+        self._to_scheduler.setsockopt(zmq.SNDHWM, 0)  # no limit: _send's only refusal is no scheduler
         self._to_scheduler.bind(to_addr)
         self._from_scheduler = self._actx.socket(zmq.PULL)
         self._from_scheduler.bind(from_addr)
@@ -125,8 +126,11 @@ class EngineClient:
             None, load_tokenizer, self.args.model, self.args.load_format)
         msg = await self._first_message()
         if not isinstance(msg, ipc.Ready):
+            # The tokenizer fails too on a model that cannot load: its error, never retrieved,
+            # would be logged with a traceback; the scheduler's says the same.
+            await asyncio.gather(tokenizer, return_exceptions=True)
             await self.close()
-            raise RuntimeError(f"the scheduler process failed to start:\n{msg}")
+            raise RuntimeError(f"the scheduler process failed to start: {msg}")
         self.info = msg
         self.tokenizer = await tokenizer
         self._last_heard = time.monotonic()
@@ -135,11 +139,15 @@ class EngineClient:
         return msg
 
     async def _first_message(self):
-        """The scheduler's first word, or why there will be none."""
+        """The scheduler's first word, or why there will be none (one line: the traceback's last,
+        the whole of it logged at debug level)."""
         while True:
             if await self._from_scheduler.poll(200):
                 msg = await self._from_scheduler.recv_pyobj()
-                return msg.message if isinstance(msg, ipc.Fatal) else msg
+                if isinstance(msg, ipc.Fatal):
+                    log.debug("scheduler process failed to start:\n%s", msg.message)
+                    return msg.message.strip().splitlines()[-1]
+                return msg
             if self._proc.poll() is not None:
                 return f"it exited with status {self._proc.returncode} before saying it was ready"
 
@@ -150,7 +158,7 @@ class EngineClient:
         for task in self._tasks:
             task.cancel()
         if self._proc is not None and self._proc.poll() is None:
-            self._to_scheduler.send_pyobj(ipc.Shutdown())
+            self._send(ipc.Shutdown())
             for signal_it in (None, self._proc.terminate, self._proc.kill):
                 if signal_it is not None:
                     signal_it()
@@ -185,9 +193,10 @@ class EngineClient:
         detok = None
         if self.tokenizer is not None and not params.stop:
             detok = IncrementalDetokenizer(self.tokenizer, prompt_ids)
+        if not self._send(ipc.AddRequest(request_id, prompt_ids, params)):
+            raise ServiceUnavailable(self.failure)
         stream = RequestStream(request_id, params, detok)
         self._streams[request_id] = stream
-        self._to_scheduler.send_pyobj(ipc.AddRequest(request_id, prompt_ids, params))
         return stream
 
     def abort(self, request_id: str) -> None:
@@ -196,7 +205,18 @@ class EngineClient:
             return
         self.metrics.requests.labels(finish_reason="abort").inc()
         if self.healthy:
-            self._to_scheduler.send_pyobj(ipc.AbortRequest(request_id))
+            self._send(ipc.AbortRequest(request_id))
+
+    def _send(self, msg) -> bool:
+        """Send to the scheduler without ever blocking the event loop: with no scheduler connected
+        (killed a moment ago, before the watch noticed; or exiting after a failed start), a
+        blocking send would wait forever. ``False`` then, and the scheduler is declared gone."""
+        try:
+            self._to_scheduler.send_pyobj(msg, zmq.NOBLOCK)
+        except zmq.Again:
+            self._scheduler_gone("the scheduler process is gone (not connected)")
+            return False
+        return True
 
     def fail_all(self, message: str) -> None:
         """End every request in flight with ``message`` (503)."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import signal
 import sys
 
 import uvicorn
@@ -47,6 +48,12 @@ async def serve(args: ServerArgs, ready_line=print) -> None:
                                 timeout_graceful_shutdown=5, access_log=args.log_level in ("debug", "info"))
         server = _Server(config, client)
         startup = asyncio.create_task(_announce(server, info, model_id, args, ready_line))
+        # Once stopped, uvicorn raises the signal that stopped it again, under the handler found
+        # when it started: the default one would kill this process (SIGTERM) or cancel this
+        # coroutine (SIGINT) before client.close() stops the scheduler process. Ignored instead,
+        # the shutdown ends below, and main() returns 0.
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, signal.SIG_IGN)
         await server.serve()
         startup.cancel()
     finally:
