@@ -78,4 +78,5 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:  # Ctrl-C while loading: client.close() has stopped the scheduler
         return 130
+    print("kernels serve: stopped", file=sys.stderr)
     return 0
