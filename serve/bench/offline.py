@@ -385,10 +385,15 @@ def command_line(args) -> str:
     return shlex.join(parts)
 
 
-def json_path(path: str) -> Path:
-    """A ``.json`` path that is not a directory is the file; anything else a directory for ``serve_offline.json``."""
+def json_path(path: str, op: str = OP) -> Path:
+    """A ``.json`` path that is not a directory is the file; anything else a directory for ``<op>.json``."""
     p = Path(path)
-    return p if p.suffix == ".json" and not p.is_dir() else p / f"{OP}.json"
+    return p if p.suffix == ".json" and not p.is_dir() else p / f"{op}.json"
+
+
+def format_number(v, unit: str = "") -> str:
+    """A table cell: ``-`` for a missing value, 4 significant digits for a float."""
+    return "-" if v is None else f"{v:,.4g}{unit}" if isinstance(v, float) else f"{v:,}{unit}"
 
 
 def _round(value, digits: int = 4):
@@ -544,9 +549,7 @@ def format_table(record: dict, doc: dict) -> str:
     where = doc["device"] + (f", {doc['threads']} threads" if "threads" in doc else "")
     r = record
     roof = r["roofline"]
-
-    def num(v, unit=""):
-        return "-" if v is None else f"{v:,.4g}{unit}" if isinstance(v, float) else f"{v:,}{unit}"
+    num = format_number
 
     rows = [
         ("model", f"{r['model']} ({r['load_format']}, {r['dtype']})"),

@@ -49,7 +49,7 @@ import numpy
 import torch
 
 from kernels.bench import report
-from kernels.serve.bench.offline import UsageError, _round, make_prompts
+from kernels.serve.bench.offline import UsageError, _round, format_number, json_path, make_prompts
 
 OP = "serve_online"
 PEER = "serve_offline"
@@ -648,17 +648,9 @@ def command_line(args) -> str:
     return shlex.join(parts)
 
 
-def json_path(path: str) -> Path:
-    """A ``.json`` path that is not a directory is the file; anything else a directory for ``serve_online.json``."""
-    p = Path(path)
-    return p if p.suffix == ".json" and not p.is_dir() else p / f"{OP}.json"
-
-
 def format_table(record: dict, doc: dict) -> str:
     r = record
-
-    def num(v, unit=""):
-        return "-" if v is None else f"{v:,.4g}{unit}" if isinstance(v, float) else f"{v:,}{unit}"
+    num = format_number
 
     def dist(d):
         return f"mean {num(d['mean'])}, median {num(d['median'])}, p99 {num(d['p99'])}"
@@ -790,7 +782,7 @@ def run(args) -> int:
     print()
     print(format_table(record, doc))
     if args.json:
-        path = json_path(args.json)
+        path = json_path(args.json, OP)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(doc, indent=1) + "\n")
         print(f"wrote {path}")
