@@ -30,4 +30,11 @@ STABLE_TORCH_LIBRARY(kernels, m) {
   m.def(
       "merge_attention_states(Tensor v_a, Tensor lse_a, Tensor v_b, Tensor lse_b) "
       "-> (Tensor, Tensor)");
+  // INT4 weight-only GEMM (docs/dev/op-semantics.md): a [M, K] @ W^T -> [M, N] in a's dtype, W
+  // from qweight int32 [N, K / 8] (eight 4-bit values per word, low nibble first) and per-group
+  // scales [N, K / group_size]; w = (q - zero_point) * scale, or q * scale + min, or
+  // (q - 8) * scale.
+  m.def(
+      "w4a16_gemm(Tensor a, Tensor qweight, Tensor scales, Tensor? zero_points, Tensor? mins, "
+      "int group_size) -> Tensor");
 }

@@ -11,6 +11,7 @@
 #include <cstdint>
 #include <cstring>
 #include <memory>
+#include <optional>
 #include <tuple>
 #include <vector>
 
@@ -502,6 +503,91 @@ std::tuple<Tensor, Tensor> merge_attention_states(Tensor v_a, Tensor lse_a, Tens
   return {v, lse};
 }
 
+// ---- INT4 weight-only GEMM ------------------------------------------------------------------
+
+void check_group_tensor(const Tensor& t, int64_t n, int64_t groups, const char* name) {
+  constexpr const char* op = "w4a16_gemm";
+  check_cpu(t, op);
+  KERNELS_CHECK(t.dim() == 2 && t.size(0) == n && t.size(1) == groups && t.is_contiguous(), op,
+                ": ", name, " must be a contiguous [N, K / group_size] = [", n, ", ", groups,
+                "] tensor");
+}
+
+DType group_float_dtype(const Tensor& t, const char* name) {
+  const ScalarType st = t.scalar_type();
+  KERNELS_CHECK(st == ScalarType::Float || st == ScalarType::Half || st == ScalarType::BFloat16,
+                "w4a16_gemm: ", name, " must be float32, float16 or bfloat16, got ", st);
+  return st == ScalarType::Float ? DType::Float32
+         : st == ScalarType::Half ? DType::Float16
+                                  : DType::BFloat16;
+}
+
+Tensor w4a16_gemm(Tensor a, Tensor qweight, Tensor scales, std::optional<Tensor> zero_points,
+                  std::optional<Tensor> mins, int64_t group_size) {
+  constexpr const char* op = "w4a16_gemm";
+  check_cpu(a, op);
+  KERNELS_CHECK(a.dim() == 2 && a.is_contiguous(), op, ": a must be a contiguous [M, K] tensor");
+  const DType dtype = float_dtype(a, op);
+  const int64_t m = a.size(0), k = a.size(1);
+  KERNELS_CHECK(group_size == 32 || group_size == 64 || group_size == 128, op,
+                ": group_size must be 32, 64 or 128; got ", group_size);
+  KERNELS_CHECK(k % group_size == 0, op, ": K = ", k, " must be a multiple of group_size = ",
+                group_size);
+  check_cpu(qweight, op);
+  KERNELS_CHECK(qweight.dim() == 2 && qweight.scalar_type() == ScalarType::Int &&
+                    qweight.is_contiguous() && qweight.size(1) * 8 == k,
+                op, ": qweight must be a contiguous int32 [N, K / 8] tensor (K = ", k, ")");
+  const int64_t n = qweight.size(0), groups = k / group_size;
+  check_group_tensor(scales, n, groups, "scales");
+  const DType scale_dtype = group_float_dtype(scales, "scales");
+  KERNELS_CHECK(!(zero_points.has_value() && mins.has_value()), op,
+                ": zero_points and mins are exclusive");
+  if (zero_points.has_value()) {
+    check_group_tensor(*zero_points, n, groups, "zero_points");
+    KERNELS_CHECK(zero_points->scalar_type() == ScalarType::Byte, op,
+                  ": zero_points must be uint8");
+  }
+  DType min_dtype = DType::Float32;
+  if (mins.has_value()) {
+    check_group_tensor(*mins, n, groups, "mins");
+    min_dtype = group_float_dtype(*mins, "mins");
+  }
+  const std::array<int64_t, 2> shape{m, n};
+  Tensor out = torch::stable::new_empty(a, shape);
+  if (m == 0 || n == 0) return out;
+
+  const auto round_up = [](int64_t x, int64_t to) { return (x + to - 1) / to * to; };
+  const int64_t k_padded = round_up(k, kW4A16KAlign);
+  const int64_t groups_padded = round_up(groups, kW4A16GroupAlign) + kW4A16GroupAlign;
+  std::vector<float> a_packed(m * k_padded), a_group_sums(m * groups_padded);
+  const W4A16Args args{a.const_data_ptr(),
+                       qweight.const_data_ptr<int32_t>(),
+                       scales.const_data_ptr(),
+                       zero_points.has_value() ? zero_points->const_data_ptr<uint8_t>() : nullptr,
+                       mins.has_value() ? mins->const_data_ptr() : nullptr,
+                       out.mutable_data_ptr(),
+                       a_packed.data(),
+                       a_group_sums.data(),
+                       m,
+                       n,
+                       k,
+                       group_size,
+                       k_padded,
+                       groups_padded,
+                       dtype,
+                       scale_dtype,
+                       min_dtype};
+  const Kernels& kern = active_kernels();
+  torch::stable::parallel_for(0, m, grain(k_padded), [&](int64_t begin, int64_t end) {
+    kern.w4a16_prepare(args, begin, end);
+  });
+  // A channel costs about M * K multiply-adds and the unpacking of K weights.
+  torch::stable::parallel_for(0, n, grain((m + 1) * k), [&](int64_t begin, int64_t end) {
+    kern.w4a16_gemm(args, begin, end);
+  });
+  return out;
+}
+
 }  // namespace
 }  // namespace kernels::cpu
 
@@ -515,4 +601,5 @@ STABLE_TORCH_LIBRARY_IMPL(kernels, CPU, m) {
   m.impl("paged_decode_attention", TORCH_BOX(&kernels::cpu::paged_decode_attention));
   m.impl("paged_prefill_attention", TORCH_BOX(&kernels::cpu::paged_prefill_attention));
   m.impl("merge_attention_states", TORCH_BOX(&kernels::cpu::merge_attention_states));
+  m.impl("w4a16_gemm", TORCH_BOX(&kernels::cpu::w4a16_gemm));
 }

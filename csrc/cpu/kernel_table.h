@@ -75,6 +75,32 @@ struct MergeArgs {
   DType dtype;
 };
 
+// INT4 weight-only GEMM (quant_kernels.h). Packed rows of a are padded to a multiple of
+// kW4A16KAlign elements (whole blocks of every ISA), per-row group arrays to a multiple of
+// kW4A16GroupAlign plus kW4A16GroupAlign more (lane_groups reads a few past the last group).
+constexpr int64_t kW4A16KAlign = 128;
+constexpr int64_t kW4A16GroupAlign = 16;
+
+struct W4A16Args {
+  const void* a;               // [M, K], contiguous, `dtype`
+  const int32_t* qweight;      // [N, K / 8]: value k of row n in bits 4 (k % 8).. of word k / 8
+  const void* scales;          // [N, groups], `scale_dtype`
+  const uint8_t* zero_points;  // [N, groups] or null: w = (q - z) s
+  const void* mins;            // [N, groups], `min_dtype`, or null: w = q s + m
+  void* out;                   // [M, N], `dtype`
+  float* a_packed;             // [M, k_padded] scratch: a as float32 in the kernel's block order
+  float* a_group_sums;         // [M, groups_padded] scratch: the sum of a over each group
+  int64_t m;
+  int64_t n;
+  int64_t k;
+  int64_t group_size;  // 32, 64 or 128
+  int64_t k_padded;
+  int64_t groups_padded;
+  DType dtype;
+  DType scale_dtype;
+  DType min_dtype;
+};
+
 struct Kernels {
   // Work item: one row.
   void (*rms_norm)(DType, const void* x, int64_t x_row_stride, const void* weight, void* out,
@@ -97,6 +123,10 @@ struct Kernels {
   void (*paged_prefill)(const AttentionArgs&, int64_t begin, int64_t end);
   // Work item: one (token, head) row.
   void (*merge_attention_states)(const MergeArgs&, int64_t begin, int64_t end);
+  // Work item: one row of a; fills a_packed and a_group_sums, which w4a16_gemm then reads.
+  void (*w4a16_prepare)(const W4A16Args&, int64_t begin, int64_t end);
+  // Work item: one output channel (a column of out), for every row.
+  void (*w4a16_gemm)(const W4A16Args&, int64_t begin, int64_t end);
 };
 
 const Kernels& scalar_kernels();

@@ -8,6 +8,7 @@
 #include "cpu/attention_kernels.h"
 #include "cpu/kernel_table.h"
 #include "cpu/norm_kernels.h"
+#include "cpu/quant_kernels.h"
 #include "cpu/rope_kernels.h"
 #include "cpu/vec_math.h"
 
@@ -84,6 +85,21 @@ struct TypeErased {
       merge_attention_rows<Vec, decltype(tag)>(args, begin, end);
     });
   }
+  static void w4a16_prepare(const W4A16Args& args, int64_t begin, int64_t end) {
+    visit_dtype(args.dtype, [&](auto tag) {
+      w4a16_prepare_rows<Vec, decltype(tag)>(args, begin, end);
+    });
+  }
+  static void w4a16_gemm(const W4A16Args& args, int64_t begin, int64_t end) {
+    visit_dtype(args.dtype, [&](auto tag) {
+      using T = decltype(tag);
+      switch (args.group_size) {
+        case 32: return w4a16_channels<Vec, T, 4>(args, begin, end);
+        case 64: return w4a16_channels<Vec, T, 8>(args, begin, end);
+        default: return w4a16_channels<Vec, T, 16>(args, begin, end);
+      }
+    });
+  }
 };
 
 template <class Vec>
@@ -100,6 +116,8 @@ constexpr Kernels make_kernels() {
       &K::template attention<1>,
       &K::template attention<2>,
       &K::merge_attention_states,
+      &K::w4a16_prepare,
+      &K::w4a16_gemm,
   };
 }
 

@@ -70,6 +70,45 @@ struct Vec {
         _mm256_and_si256(bfloat16_in_high_half(odd.v), _mm256_set1_epi32(int(0xFFFF0000)));
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), _mm256_or_si256(lo, hi));
   }
+
+  // Packed int4 weights (w4a16_gemm): N 32-bit words of 8 four-bit values q_0..q_7 each, q_J in
+  // bits 4J..4J+3. get<J>() is q_J * 16^(J % 4) of every word, as float (exact): one AND picks
+  // a value out of place, and the caller's operand carries the power of 16.
+  struct Nibbles {
+    __m256i lo, hi;
+    static Nibbles load(const int32_t* p) {
+      const __m256i w = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+      return {w, _mm256_srli_epi32(w, 16)};
+    }
+    // The first `count` (< N) words; the others read as zero.
+    static Nibbles load_partial(const int32_t* p, int64_t count) {
+      const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+      const __m256i mask = _mm256_cmpgt_epi32(_mm256_set1_epi32(int(count)), lane);
+      const __m256i w = _mm256_maskload_epi32(reinterpret_cast<const int*>(p), mask);
+      return {w, _mm256_srli_epi32(w, 16)};
+    }
+    template <int J>
+    Vec get() const {
+      const __m256i mask = _mm256_set1_epi32(0xF << (4 * (J % 4)));
+      const __m256i x = _mm256_and_si256(J < 4 ? lo : hi, mask);
+      return {_mm256_cvtepi32_ps(x)};
+    }
+  };
+  // Lane i = s[i / L], for L = 4, 8 or 16 lanes per group; reads s[0..3]. Lanes from `count` on
+  // are zero.
+  template <int L>
+  static Vec lane_groups(const float* s, int64_t count = N) {
+    __m256 v;
+    if constexpr (L >= 8) {
+      v = _mm256_broadcast_ss(s);
+    } else {
+      v = _mm256_set_m128(_mm_broadcast_ss(s + 1), _mm_broadcast_ss(s));
+    }
+    if (count >= N) return {v};
+    const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    const __m256i keep = _mm256_cmpgt_epi32(_mm256_set1_epi32(int(count)), lane);
+    return {_mm256_and_ps(v, _mm256_castsi256_ps(keep))};
+  }
 };
 struct Mask {
   __m256 m;

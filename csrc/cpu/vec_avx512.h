@@ -69,6 +69,44 @@ struct Vec {
         _mm512_and_si512(bfloat16_in_high_half(odd.v), _mm512_set1_epi32(int(0xFFFF0000)));
     _mm512_storeu_si512(p, _mm512_or_si512(lo, hi));
   }
+
+  // Packed int4 weights (w4a16_gemm): N 32-bit words of 8 four-bit values q_0..q_7 each, q_J in
+  // bits 4J..4J+3. get<J>() is q_J * 16^(J % 4) of every word, as float (exact): one AND picks
+  // a value out of place, and the caller's operand carries the power of 16.
+  struct Nibbles {
+    __m512i lo, hi;
+    static Nibbles load(const int32_t* p) {
+      const __m512i w = _mm512_loadu_si512(p);
+      return {w, _mm512_srli_epi32(w, 16)};
+    }
+    // The first `count` (< N) words; the others read as zero.
+    static Nibbles load_partial(const int32_t* p, int64_t count) {
+      const __m512i w = _mm512_maskz_loadu_epi32(__mmask16((1u << count) - 1), p);
+      return {w, _mm512_srli_epi32(w, 16)};
+    }
+    template <int J>
+    Vec get() const {
+      const __m512i mask = _mm512_set1_epi32(0xF << (4 * (J % 4)));
+      const __m512i x = _mm512_and_si512(J < 4 ? lo : hi, mask);
+      return {_mm512_cvtepi32_ps(x)};
+    }
+  };
+  // Lane i = s[i / L], for L = 4, 8 or 16 lanes per group; reads s[0..3]. Lanes from `count` on
+  // are zero.
+  template <int L>
+  static Vec lane_groups(const float* s, int64_t count = N) {
+    __m512 v;
+    if constexpr (L >= 16) {
+      v = _mm512_set1_ps(*s);
+    } else {
+      const __m512i idx =
+          L == 8 ? _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0)
+                 : _mm512_set_epi32(3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0);
+      v = _mm512_permutexvar_ps(idx, _mm512_castps128_ps512(_mm_loadu_ps(s)));
+    }
+    if (count >= N) return {v};
+    return {_mm512_maskz_mov_ps(__mmask16((1u << count) - 1), v)};
+  }
 };
 struct Mask {
   __mmask16 m;

@@ -7,7 +7,7 @@
 // set1, load / store from and to float, Half, BFloat16 with round-to-nearest-even, load2 /
 // store2), Mask, and + - * /, fmadd, fnmadd, abs, clamp, round_nearest, pow2i, square_error,
 // less, select, hsum, pair_swap, max, hmax,
-// hsum_lanes.
+// hsum_lanes, and for int4 weights Nibbles and lane_groups.
 #pragma once
 #include <cmath>
 #include <cstdint>
@@ -109,6 +109,39 @@ struct Vec {
   static void store2(T* p, Vec a, Vec b) {
     a.store(p);
     b.store(p + N);
+  }
+
+  // Packed int4 weights (w4a16_gemm): N 32-bit words of 8 four-bit values q_0..q_7 each, q_J in
+  // bits 4J..4J+3. get<J>() is q_J * 16^(J % 4) of every word, as float (exact), as in the AVX
+  // layers.
+  struct Nibbles {
+    uint32_t w[N];
+    static Nibbles load(const int32_t* p) {
+      Nibbles r;
+      std::memcpy(r.w, p, sizeof(r.w));
+      return r;
+    }
+    // The first `count` (< N) words; the others read as zero.
+    static Nibbles load_partial(const int32_t* p, int64_t count) {
+      Nibbles r;
+      for (int i = 0; i < N; ++i) r.w[i] = i < count ? uint32_t(p[i]) : 0u;
+      return r;
+    }
+    template <int J>
+    Vec get() const {
+      Vec r;
+      for (int i = 0; i < N; ++i) {
+        r.v[i] = float((w[i] >> (16 * (J / 4))) & (0xFu << (4 * (J % 4))));
+      }
+      return r;
+    }
+  };
+  // Lane i = s[i / L], for L = 4, 8 or 16 lanes per group. Lanes from `count` on are zero.
+  template <int L>
+  static Vec lane_groups(const float* s, int64_t count = N) {
+    Vec r;
+    for (int i = 0; i < N; ++i) r.v[i] = i < count ? s[i / L] : 0.0f;
+    return r;
   }
 };
 struct Mask {

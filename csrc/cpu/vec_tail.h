@@ -43,4 +43,11 @@ inline void to_float32(const Src* src, float* dst, int64_t n) {
   if (i < n) store_n(dst + i, load_n<Vec>(src + i, n - i), n - i);
 }
 
+template <class Vec, class Dst>
+inline void from_float32(const float* src, Dst* dst, int64_t n) {
+  int64_t i = 0;
+  for (; i + Vec::N <= n; i += Vec::N) Vec::load(src + i).store(dst + i);
+  if (i < n) store_n(dst + i, load_n<Vec>(src + i, n - i), n - i);
+}
+
 }  // namespace kernels::cpu

@@ -10,6 +10,17 @@ from . import composite, native, triton  # noqa: F401  (each registers its imple
 from .ops.activation import gelu_and_mul, silu_and_mul
 from .ops.attention import merge_attention_states, paged_decode_attention, paged_prefill_attention, store_kv_cache
 from .ops.norm import fused_add_rms_norm_, rms_norm
+from .ops.quant import (
+    Int4Weight,
+    dequantize_int4,
+    from_awq,
+    from_gguf_q4_0,
+    from_gguf_q4_1,
+    from_gptq,
+    pack_int4,
+    unpack_int4,
+    w4a16_gemm,
+)
 from .ops.rope import rotary_embedding_
 from .reference import registration as _reference_registration  # noqa: F401
 from .platform import local_platforms as _local_platforms
@@ -33,6 +44,15 @@ __all__ = [
     "paged_decode_attention",
     "paged_prefill_attention",
     "merge_attention_states",
+    "w4a16_gemm",
+    "Int4Weight",
+    "pack_int4",
+    "unpack_int4",
+    "dequantize_int4",
+    "from_gptq",
+    "from_awq",
+    "from_gguf_q4_0",
+    "from_gguf_q4_1",
     "backend",
     "BackendUnavailableError",
     "__version__",

@@ -323,3 +323,37 @@ def test_attention_defaults_and_inputs():
 def test_bad_attention_arguments_exit_2(argv, message, capsys):
     assert bench(argv) == 2
     assert message in capsys.readouterr().err
+
+
+def test_w4a16_gemm_spec():
+    spec = specs.SPECS["w4a16_gemm"]
+    bf16, fp32 = torch.bfloat16, torch.float32
+    dims = spec.parse_shape("4x8192x8192")
+    weight = 8192 * 8192 // 2
+    io = (4 * 8192 + 4 * 8192) * 2
+    groups = 8192 * 64
+    assert spec.bytes_moved(dims, bf16, "sym+group128") == weight + groups * 2 + io
+    assert spec.bytes_moved(dims, bf16, "zp+group128") == weight + groups * 3 + io
+    assert spec.bytes_moved(dims, bf16, "min+group128") == weight + groups * 4 + io
+    assert spec.bytes_moved((1, 1536, 576), fp32, "min+group32") == 1536 * 288 + 1536 * 18 * 4 + (576 + 1536) * 4
+    assert spec.flops(dims, bf16, "sym+group128") == 2 * 4 * 8192 * 8192
+    assert spec.parse_variant(" ZP+group64") == "zp+group64"
+    for bad in ("sym", "zp+group48", "nf4+group128"):
+        with pytest.raises(specs.ShapeError):
+            spec.parse_variant(bad)
+    assert spec.check_case("sym+group128", (1, 64, 96)) is not None
+    assert spec.peers_for_device("cuda") == ("bf16_matmul",) and spec.peers_for_device("cpu") == ("fp32_matmul",)
+
+
+def test_bench_w4a16_gemm_smoke(tmp_path, capsys, _one_thread):
+    code = bench(
+        ["w4a16_gemm", "--shapes", "3x72x96", "--variants", "min+group32,zp+group32", "--backends", "reference,torch",
+         "--dtype", "float32", "--reps", "2", "--json", str(tmp_path / "w.json")]
+    )  # fmt: skip
+    out = capsys.readouterr().out
+    assert code == 0, out
+    doc = json.loads((tmp_path / "w.json").read_text())
+    assert {(r["backend"], r["variant"]) for r in doc["results"]} == {
+        (b, v) for b in ("reference", "torch") for v in ("min+group32", "zp+group32")
+    }
+    assert all(set(r["peers"]) == {"fp32_matmul"} and r["ceiling"] == "read_gbps" for r in doc["results"])

@@ -67,3 +67,17 @@ def test_unknown_isa_name_is_an_error(monkeypatch):
     monkeypatch.setenv("KERNELS_CPU_ISA", "avx9000")
     with kernels.backend("native"), pytest.raises(RuntimeError, match="KERNELS_CPU_ISA"):
         kernels.rms_norm(torch.randn(2, 64), torch.randn(64))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("mode", ["sym", "zp", "min"])
+@pytest.mark.parametrize("m,n,k,group", [(1, 72, 96, 32), (3, 64, 576, 64), (5, 130, 256, 128)])
+def test_w4a16_gemm(isa, dtype, mode, m, n, k, group):
+    from tests.ops.test_quant import random_weight
+
+    w = random_weight(n, k, group, mode)
+    a = torch.randn(m, k, dtype=dtype)
+    with kernels.backend("native"):
+        got = kernels.w4a16_gemm(a, w.qweight, w.scales, zero_points=w.zero_points, mins=w.mins, group_size=group)
+    want = reference.w4a16_gemm(a, w.qweight, w.scales, w.zero_points, w.mins, group)
+    assert_close(got, want, dtype)

@@ -7,6 +7,8 @@
 - ``liger``: Liger-Kernel's Triton kernels when ``liger_kernel`` is importable (NVIDIA only; it has
   no CPU kernels). Its functions are bound by inspecting the signature found at run time, and a
   peer that cannot be imported or called is skipped with a printed note, never faked.
+- ``bf16_matmul`` (GPU), ``fp32_matmul`` (CPU), for ``w4a16_gemm``: ``torch.matmul`` by the weight
+  dequantised to that dtype ahead of time.
 - Attention (``peers_attention``): ``sdpa`` (CPU: torch's default SDPA), ``sdpa_cudnn`` and
   ``sdpa_flash`` (GPU: SDPA restricted to one backend) on the same data laid out contiguously, and
   ``triton`` (our own Triton backend, forced through ``kernels.backend("triton")``).
@@ -190,7 +192,32 @@ def liger(spec: OpSpec, variant: str, device: torch.device) -> Peer:
     return make(spec, variant)
 
 
-PEER_NAMES = ("torch_eager", "torch_compile", "liger", "sdpa", "sdpa_cudnn", "sdpa_flash", "triton")
+# ---------------------------------------------------------------------------------------------
+# Dense matmul of the dequantised weight (the quantised GEMMs)
+
+DENSE_MATMUL = {"bf16_matmul": torch.bfloat16, "fp32_matmul": torch.float32}
+
+
+def dense_matmul(spec: OpSpec, name: str) -> Peer:
+    """``torch.matmul(a, W.T)`` with ``W`` dequantised to the peer's dtype outside timing: what an
+    unquantised model of that dtype runs, reading 4x (bf16) or 8x (fp32) the weight bytes."""
+    if spec.name != "w4a16_gemm":
+        raise PeerUnavailable(f"{name} is a peer of the quantised GEMMs, not of {spec.name}")
+    from .. import reference
+
+    dtype = DENSE_MATMUL[name]
+
+    def prepare(args):
+        a, qweight, scales, zero_points, mins, group_size = args
+        w = reference.quant.dequantize(qweight, scales, zero_points, mins, group_size).to(dtype)
+        return (a.to(dtype), w.T)
+
+    return Peer(name, torch.matmul, prepare=prepare, outputs=lambda args, out: [out])
+
+
+PEER_NAMES = (
+    "torch_eager", "torch_compile", "liger", "sdpa", "sdpa_cudnn", "sdpa_flash", "triton", "bf16_matmul", "fp32_matmul",
+)  # fmt: skip
 
 
 def peers_for(
@@ -217,6 +244,8 @@ def peers_for(
                 found.append(torch_compile(spec))
             elif name == "liger":
                 found.append(liger(spec, variant, device))
+            elif name in DENSE_MATMUL:
+                found.append(dense_matmul(spec, name))
             else:
                 found.append(peers_attention.make(name, spec, variant, device, args, notes))
         except PeerUnavailable as e:

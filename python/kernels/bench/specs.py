@@ -4,7 +4,7 @@ The elementwise ops here are memory-bound: their roofline is the device copy ban
 (``copy_gbps``) and their ``flops`` are ``None``. ``bytes_moved`` counts the compulsory traffic of
 one call: each tensor the op reads, once, plus each tensor it writes, once. The attention ops
 (``specs_attention``) also count flops: decode is bound by reading the KV cache (``read_gbps``),
-prefill by the matmul peak (``bf16_tflops``).
+prefill by the matmul peak (``bf16_tflops``). The INT4 GEMM has its own (``specs_quant``).
 
 Shape strings follow DESIGN.md: ``TOKENSxHIDDEN`` for norms, RoPE and activations, where HIDDEN is
 the normalised width for norms, the output width ``d`` for gated activations (the input is
@@ -405,6 +405,10 @@ SPECS: dict[str, OpSpec] = {
 from .specs_attention import ATTENTION_SPECS  # noqa: E402
 
 SPECS.update(ATTENTION_SPECS)
+
+from .specs_quant import QUANT_SPECS  # noqa: E402
+
+SPECS.update(QUANT_SPECS)
 
 OP_NAMES = tuple(SPECS)
 

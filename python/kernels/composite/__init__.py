@@ -6,7 +6,7 @@ Verification: ``registry.TORCH_OPS_PLATFORMS``.
 """
 
 from .. import registry
-from . import activation, norm, rope
+from . import activation, norm, quant, rope
 
 OPS = {
     "rms_norm": norm.rms_norm,
@@ -14,6 +14,7 @@ OPS = {
     "rotary_embedding_": rope.rotary_embedding_,
     "silu_and_mul": activation.silu_and_mul,
     "gelu_and_mul": activation.gelu_and_mul,
+    "w4a16_gemm": quant.w4a16_gemm,
 }
 
 for _name, _fn in OPS.items():

@@ -66,8 +66,34 @@ def _half_precision_on_gpu(q, *args) -> str | None:
 
 ATTENTION = {"paged_decode_attention", "paged_prefill_attention"}
 
+W4A16_GROUP_SIZES = (32, 64, 128)
+
+
+def _w4a16_gemm_supports(a, qweight, scales, zero_points, mins, group_size) -> str | None:
+    # The C++ kernel (csrc/cpu/quant_kernels.h): contiguous 2-d a, group sizes whose words fill
+    # whole vector lanes; uint8 zero points; float scales and mins of any of the three dtypes.
+    if group_size not in W4A16_GROUP_SIZES:
+        return f"group_size must be one of {W4A16_GROUP_SIZES}, got {group_size}"
+    if a.dim() != 2 or not a.is_contiguous():
+        return "a must be a contiguous [M, K] tensor"
+    if not qweight.is_contiguous() or not scales.is_contiguous():
+        return "qweight and scales must be contiguous"
+    if zero_points is not None and not (zero_points.dtype == torch.uint8 and zero_points.is_contiguous()):
+        return "zero_points must be a contiguous uint8 tensor"
+    if mins is not None and not mins.is_contiguous():
+        return "mins must be contiguous"
+    return None
+
 if library.load() is None:
     register_fakes()
 for _name, _fn in [*((op, _forward(op)) for op in OPS), ("gelu_and_mul", _gelu_and_mul)]:
     _supports = {"supports": _half_precision_on_gpu} if _name in ATTENTION else {}
     registry.register(_name, "native", PLATFORMS, available=_availability(_name), **_supports)(_fn)
+# CPU only: no CUDA kernel yet.
+registry.register(
+    "w4a16_gemm",
+    "native",
+    {"cpu": "verified"},
+    available=_availability("w4a16_gemm"),
+    supports=_w4a16_gemm_supports,
+)(_forward("w4a16_gemm"))

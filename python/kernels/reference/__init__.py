@@ -6,6 +6,7 @@ Written for clarity, not speed: upcast to float32, compute, round once to the in
 from .activation import gelu_and_mul, silu_and_mul
 from .attention import merge_attention_states, paged_decode_attention, paged_prefill_attention, store_kv_cache
 from .norm import fused_add_rms_norm_, rms_norm
+from .quant import w4a16_gemm
 from .rope import rotary_embedding_
 
 OPS = {
@@ -18,4 +19,5 @@ OPS = {
     "paged_decode_attention": paged_decode_attention,
     "paged_prefill_attention": paged_prefill_attention,
     "merge_attention_states": merge_attention_states,
+    "w4a16_gemm": w4a16_gemm,
 }

@@ -1,7 +1,7 @@
 """The ``triton`` backend: portable GPU kernels (ROCm, XPU, and a CUDA fallback) written in Triton.
 
 Triton is optional. Importing this package never imports triton: the kernel modules (norm, rope,
-activation, attention) load on the first call, and ``available`` reports why the backend cannot
+activation, attention, quant) load on the first call, and ``available`` reports why the backend cannot
 run when ``import triton`` fails.
 
 Verification: tested on the H100 (CUDA); on ROCm and XPU the kernels are tested under the Triton
@@ -37,6 +37,7 @@ OPS = {
     "paged_decode_attention": ("attention", "paged_decode_attention"),
     "paged_prefill_attention": ("attention", "paged_prefill_attention"),
     "merge_attention_states": ("attention", "merge_attention_states"),
+    "w4a16_gemm": ("quant", "w4a16_gemm"),
 }
 
 

@@ -42,9 +42,9 @@ def parse_target(text: str):
 
 
 def cases():
-    from . import activation, attention, norm, rope
+    from . import activation, attention, norm, quant, rope
 
-    for module in (norm, rope, activation, attention):
+    for module in (norm, rope, activation, attention, quant):
         yield from module.aot_cases()
 
 
