@@ -42,8 +42,10 @@ class Engine:
     model : str, os.PathLike, LoadedModel or None
         A model path for :func:`kernels.serve.loader.load_model` (``None``: the default SmolLM2 GGUF), or
         an already loaded model (anything with ``model``, ``config`` and ``tokenizer``).
-    device, dtype, load_format
+    device, dtype, load_format, quantized_weights
         Passed to ``load_model`` when it loads the model (a loaded model keeps its own).
+        ``quantized_weights`` (``"auto"``, ``"int4"``, ``"dequantize"``) says whether 4-bit GGUF
+        weights stay packed for the INT4 GEMM; ``"auto"``: on CPU only.
     page_size : int
         Tokens per KV page.
     max_total_tokens : int, optional
@@ -72,12 +74,14 @@ class Engine:
         matching needs the text.
     """
 
-    def __init__(self, model=None, *, device="auto", dtype="auto", load_format="auto", page_size: int = 16,
-                 max_total_tokens: int | None = None, memory_fraction: float = 0.85, max_batch_tokens: int = 2048,
-                 max_running_requests: int = 256, enable_prefix_cache: bool = True, cuda_graph: bool = True,
-                 cuda_graph_max_batch: int = MAX_CAPTURE_BATCH, overlap: bool = True, detokenize: bool = True):
+    def __init__(self, model=None, *, device="auto", dtype="auto", load_format="auto", quantized_weights="auto",
+                 page_size: int = 16, max_total_tokens: int | None = None, memory_fraction: float = 0.85,
+                 max_batch_tokens: int = 2048, max_running_requests: int = 256, enable_prefix_cache: bool = True,
+                 cuda_graph: bool = True, cuda_graph_max_batch: int = MAX_CAPTURE_BATCH, overlap: bool = True,
+                 detokenize: bool = True):
         if model is None or isinstance(model, (str, os.PathLike)):
-            model = load_model(model, device=device, dtype=dtype, load_format=load_format)
+            model = load_model(model, device=device, dtype=dtype, load_format=load_format,
+                               quantized_weights=quantized_weights)
         self.model = model.model
         self.config = model.config
         self.tokenizer = model.tokenizer

@@ -51,6 +51,8 @@ from pathlib import Path
 
 import torch
 
+import kernels
+
 OP = "serve_offline"
 WORKLOADS = {"throughput": (64, 128, 128), "decode1": (1, 128, 128)}
 PEERS = ("transformers_generate",)
@@ -236,7 +238,7 @@ def hf_model(model, config):
     """A transformers model whose weights are views of ``model``'s (no copy), ready to generate.
 
     Built on the meta device, then every Hugging Face-named weight is assigned the slice of our
-    fused tensors that holds it (:meth:`CausalLM.weight_slice`); the rotary buffers, which are
+    fused tensors that holds it (:meth:`CausalLM.weight_slice`; 4-bit weights dequantised); the rotary buffers, which are
     computed rather than loaded, are built afresh on the model's device.
     """
     import transformers
@@ -244,7 +246,7 @@ def hf_model(model, config):
     with torch.device("meta"):
         hf = transformers.AutoModelForCausalLM.from_config(hf_config(config, model.dtype), dtype=model.dtype)
     hf.requires_grad_(False)
-    state = {name: model.weight_slice(name).detach() for name in model.expected_weight_names()}
+    state = {name: _float_weight(model.weight_slice(name), model.dtype) for name in model.expected_weight_names()}
     missing, unexpected = hf.load_state_dict(state, strict=False, assign=True)
     if config.tie_word_embeddings:
         hf.tie_weights()
@@ -264,6 +266,14 @@ def hf_model(model, config):
     hf.generation_config.eos_token_id = None
     hf.generation_config.pad_token_id = 0
     return hf
+
+
+def _float_weight(weight, dtype: torch.dtype) -> torch.Tensor:
+    """A weight as transformers holds it: 4-bit packed ones (served through w4a16_gemm) are
+    dequantised, in that case a copy rather than a view."""
+    if isinstance(weight, kernels.Int4Weight):
+        return kernels.dequantize_int4(weight).to(dtype)
+    return weight.detach()
 
 
 def transformers_generate(model, config, prompts: list[list[int]], output_len: int) -> dict:

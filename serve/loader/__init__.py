@@ -16,6 +16,7 @@ from .gguf import gguf_has_tokenizer, load_gguf
 from .hf import load_hf
 
 LOAD_FORMATS = ("auto", "gguf", "hf", "dummy")
+QUANTIZED_WEIGHTS = ("auto", "int4", "dequantize")
 
 
 @dataclass
@@ -26,7 +27,8 @@ class LoadedModel:
     name: str  # what the server reports as the model id
 
 
-def load_model(path: str | None = None, *, device="auto", dtype="auto", load_format: str = "auto", seed: int = 0) -> LoadedModel:
+def load_model(path: str | None = None, *, device="auto", dtype="auto", load_format: str = "auto", seed: int = 0,
+               quantized_weights: str = "auto") -> LoadedModel:
     """Load a model, its config and its tokenizer.
 
     Parameters
@@ -38,12 +40,25 @@ def load_model(path: str | None = None, *, device="auto", dtype="auto", load_for
     device : str or torch.device
         ``"auto"`` picks CUDA when available, else CPU.
     dtype : str or torch.dtype
-        float32, float16 or bfloat16; ``"auto"`` is bfloat16 on GPUs and float32 on CPU. Quantised
-        GGUF weights are dequantised to it.
+        float32, float16 or bfloat16; ``"auto"`` is bfloat16 on GPUs and float32 on CPU: the dtype
+        of activations, of the KV cache and of every weight that is not kept packed (see
+        ``quantized_weights``).
     load_format : str
         ``"auto"`` (by path: a directory is ``hf``, a file ``gguf``), ``"gguf"``, ``"hf"`` or ``"dummy"``.
     seed : int
         Seed of the random weights of ``load_format="dummy"``.
+    quantized_weights : str
+        What becomes of 4-bit GGUF weights (Q4_0, Q4_1). ``"int4"``: every Linear weight of those
+        types (q, k, v, o, gate, up, down projections, and an untied LM head) is converted once to a
+        packed :class:`kernels.Int4Weight` and the model multiplies by it through
+        ``kernels.w4a16_gemm`` (4 bits a weight plus a float16 scale and min per 32: about a sixth
+        of their float32 size); activations stay in ``dtype``, and the token embedding and other
+        types (F32, F16, BF16, Q8_0) are dequantised. ``"dequantize"``: every weight is dequantised
+        to ``dtype`` at load (the float math of transformers, token for token in float32).
+        ``"auto"`` (the default): ``"int4"`` on CPU, where the native INT4 kernel is faster than the
+        float matmul, and ``"dequantize"`` elsewhere (the CUDA INT4 kernel is not there yet:
+        ``"int4"`` on a GPU runs the Triton kernel, untuned and not for CUDA graphs). Hugging Face
+        directories and dummy weights have no 4-bit weights and ignore it.
 
     Raises
     ------
@@ -56,6 +71,8 @@ def load_model(path: str | None = None, *, device="auto", dtype="auto", load_for
     """
     if load_format not in LOAD_FORMATS:
         raise ValueError(f"load_format must be one of {LOAD_FORMATS}; got {load_format!r}")
+    if quantized_weights not in QUANTIZED_WEIGHTS:
+        raise ValueError(f"quantized_weights must be one of {QUANTIZED_WEIGHTS}; got {quantized_weights!r}")
     device = resolve_device(device)
     dtype = resolve_dtype(dtype, device)
     if path is None:
@@ -71,7 +88,8 @@ def load_model(path: str | None = None, *, device="auto", dtype="auto", load_for
     if load_format == "auto":
         load_format = "hf" if os.path.isdir(path) else "gguf"
     if load_format == "gguf":
-        model, config, has_tokenizer = load_gguf(path, device, dtype)
+        int4 = quantized_weights == "int4" or (quantized_weights == "auto" and device.type == "cpu")
+        model, config, has_tokenizer = load_gguf(path, device, dtype, int4=int4)
         tokenizer = Tokenizer.from_gguf(path, config.eos_token_ids) if has_tokenizer else None
         return LoadedModel(model, config, tokenizer, os.path.basename(path).removesuffix(".gguf"))
     model, config = load_hf(path, device, dtype)
@@ -96,4 +114,4 @@ def load_tokenizer(path: str | None, load_format: str = "auto", eos_token_ids=()
     return Tokenizer.from_gguf(path, eos_token_ids)
 
 
-__all__ = ["LOAD_FORMATS", "LoadedModel", "default_model_path", "load_model", "load_tokenizer", "shipped_configs"]
+__all__ = ["LOAD_FORMATS", "QUANTIZED_WEIGHTS", "LoadedModel", "default_model_path", "load_model", "load_tokenizer", "shipped_configs"]

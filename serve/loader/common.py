@@ -17,15 +17,18 @@ def build_model(
     shapes: dict[str, tuple[int, ...]],
     read: Callable[[str], torch.Tensor],
     desc: str,
+    int4=(),
 ) -> CausalLM:
     """Check a checkpoint's tensor names and shapes, then allocate the model and fill it.
 
     The check runs on a meta-device model before any real memory is taken, so a checkpoint with
     missing, unexpected or misshapen tensors fails at once. ``read(name)`` returns one tensor in
-    the Hugging Face layout; it runs under a progress bar.
+    the Hugging Face layout; it runs under a progress bar. ``int4``: the names for which ``read``
+    returns a packed ``kernels.Int4Weight`` (see :class:`CausalLM`); the projections they make up
+    whole are not allocated as float tensors.
     """
     CausalLM(config, dtype, "meta").load_weights((n, torch.empty(s, device="meta")) for n, s in shapes.items())
-    model = CausalLM(config, dtype, device)
+    model = CausalLM(config, dtype, device, int4=int4)
     names = list(shapes)
     model.load_weights(_progress(names, read, desc))
     return model

@@ -1,4 +1,5 @@
-"""Load a GGUF file (llama.cpp's format): config from its metadata, weights dequantised to the model dtype."""
+"""Load a GGUF file (llama.cpp's format): config from its metadata, weights dequantised to the model
+dtype, or (``int4=True``) the 4-bit Linear weights (Q4_0, Q4_1) kept packed for the INT4 GEMM."""
 
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ from .common import build_model
 # GGUF architecture -> Hugging Face class (Mistral files say "llama").
 GGUF_ARCHITECTURES = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM"}
 TENSOR_TYPES = ("F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1")
+# Types that convert losslessly to kernels.Int4Weight (docs/api/quant.md), by converter name.
+INT4_TYPES = {"Q4_0": "from_gguf_q4_0", "Q4_1": "from_gguf_q4_1"}
 
 _TOP_NAMES = {
     "token_embd.weight": "model.embed_tokens.weight",
@@ -47,8 +50,21 @@ def hf_name(name: str) -> str:
 _TOKENIZER_FIELD = "tokenizer.ggml.model"
 
 
-def load_gguf(path: str, device: torch.device, dtype: torch.dtype):
+def is_linear_weight(hf: str) -> bool:
+    """Whether the Hugging Face tensor ``hf`` is the weight of a Linear (a projection or the LM head),
+    as opposed to the token embedding (gathered, never multiplied), a norm or a bias."""
+    return hf == "lm_head.weight" or (hf.startswith("model.layers.") and hf.endswith("_proj.weight"))
+
+
+def load_gguf(path: str, device: torch.device, dtype: torch.dtype, int4: bool = False):
     """Read ``path``; return ``(model, config, has_tokenizer)``, the last whether the metadata holds a tokenizer.
+
+    With ``int4``, every Linear weight stored as Q4_0 or Q4_1 (the q, k, v, o, gate, up and down
+    projections, and the LM head when untied) is converted once to a packed
+    :class:`kernels.Int4Weight` (``kernels.ops.quant.from_gguf_q4_0`` / ``from_gguf_q4_1``: the
+    same weights, losslessly) and the model keeps it packed, multiplying through
+    ``kernels.w4a16_gemm``; no float copy is made. Other tensors (F32, F16, BF16, Q8_0, and the token
+    embedding whatever its type) are dequantised to ``dtype`` as without it.
 
     Raises
     ------
@@ -74,20 +90,28 @@ def load_gguf(path: str, device: torch.device, dtype: torch.dtype):
             raise ValueError(f"{path}: tensor {t.name} is {t.tensor_type.name}; supported types: {', '.join(TENSOR_TYPES)}")
     by_hf = {hf_name(n): t for n, t in tensors.items()}
     shapes = {n: tuple(int(d) for d in reversed(t.shape.tolist())) for n, t in by_hf.items()}
+    # With int4: the 4-bit Linear weights, read as packed kernels.Int4Weight (the rest dequantised).
+    packed = {n for n, t in by_hf.items()
+              if int4 and is_linear_weight(n) and t.tensor_type.name in INT4_TYPES and len(shapes[n]) == 2}
 
-    def read(name: str) -> torch.Tensor:
+    def read(name: str):
         t = by_hf[name]
+        # llama.cpp's converter reorders each head's q/k rows from rotate-halves to interleaved
+        # pairs for its own rope; undo it so the neox pairing of rotary_embedding_ applies.
+        heads = None
+        if arch == "llama" and (".self_attn.q_proj." in name or ".self_attn.k_proj." in name):
+            heads = config.num_heads if ".q_proj." in name else config.num_kv_heads
+        if name in packed:
+            return _read_int4(path, t, shapes[name], heads)
         try:
             w = _dequantize(t).reshape(shapes[name])
         except Exception as e:
             raise ValueError(f"{path}: tensor {t.name} cannot be read (corrupt or truncated file?): {e}") from e
-        # llama.cpp's converter reorders each head's q/k rows from rotate-halves to interleaved
-        # pairs for its own rope; undo it so the neox pairing of rotary_embedding_ applies.
-        if arch == "llama" and (".self_attn.q_proj." in name or ".self_attn.k_proj." in name):
-            w = _unpermute(w, config.num_heads if ".q_proj." in name else config.num_kv_heads)
+        if heads is not None:
+            w = _unpermute(w, heads)
         return torch.from_numpy(np.require(w, requirements=["C", "W"]))  # a writable copy where w views the file
 
-    model = build_model(config, dtype, device, shapes, read, f"Loading {os.path.basename(path)}")
+    model = build_model(config, dtype, device, shapes, read, f"Loading {os.path.basename(path)}", int4=packed)
     return model, config, _TOKENIZER_FIELD in reader.fields
 
 
@@ -150,6 +174,23 @@ def _dequantize(t) -> np.ndarray:
     from gguf import dequantize
 
     return dequantize(t.data, t.tensor_type)
+
+
+def _read_int4(path: str, t, shape: tuple[int, int], heads: int | None):
+    """A Q4_0 / Q4_1 tensor as a packed ``kernels.Int4Weight`` of ``shape`` (rows un-permuted for ``heads``)."""
+    from kernels.ops import quant
+
+    n, k = shape
+    try:
+        blocks = torch.from_numpy(np.array(t.data, dtype=np.uint8).reshape(-1))  # a copy: the file is mapped read-only
+        w = getattr(quant, INT4_TYPES[t.tensor_type.name])(blocks, n, k)
+    except Exception as e:
+        raise ValueError(f"{path}: tensor {t.name} cannot be read (corrupt or truncated file?): {e}") from e
+    if heads is not None:
+        # The permutation only moves rows, so it moves the rows of every packed tensor alike.
+        rows = torch.from_numpy(_unpermute(np.arange(n), heads))
+        w = type(w)(*(None if x is None else x[rows].contiguous() for x in w[:4]), w.group_size)
+    return w
 
 
 def _unpermute(w: np.ndarray, heads: int) -> np.ndarray:

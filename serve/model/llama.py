@@ -4,6 +4,13 @@ Every sequence's new tokens run as one flat batch of ``[num_tokens, hidden]`` ro
 and writes the paged KV cache the scheduler owns. Projections sharing an input are fused (``qkv_proj``,
 ``gate_up_proj``) so each is one matmul; :meth:`CausalLM.load_weights` takes Hugging Face tensor
 names and writes each into its slice.
+
+A projection (``qkv_proj``, ``o_proj``, ``gate_up_proj``, ``down_proj``, an untied ``lm_head``) may
+instead hold a packed :class:`kernels.Int4Weight` (a 4-bit GGUF tensor kept packed; see the
+``int4`` argument of :class:`CausalLM`): every matmul goes through :func:`.linear.linear`, which runs
+``F.linear`` for a tensor and ``kernels.w4a16_gemm`` for a packed weight. Its tensors are registered
+as parameters of the layer (``qkv_proj_qweight``, ``qkv_proj_scales``, ``qkv_proj_mins``, ...), so
+``model.parameters()`` counts the bytes the model really holds.
 """
 
 from __future__ import annotations
@@ -18,6 +25,16 @@ from torch import nn
 
 from ..forward_batch import ForwardBatch
 from .config import ModelConfig
+from .linear import Int4Weight, linear
+
+# A decoder layer's projections and the Hugging Face weights each one fuses, in row order.
+LAYER_LINEARS = {
+    "qkv_proj": ("self_attn.q_proj.weight", "self_attn.k_proj.weight", "self_attn.v_proj.weight"),
+    "o_proj": ("self_attn.o_proj.weight",),
+    "gate_up_proj": ("mlp.gate_proj.weight", "mlp.up_proj.weight"),
+    "down_proj": ("mlp.down_proj.weight",),
+}
+_INT4_FIELDS = ("qweight", "scales", "zero_points", "mins")
 
 
 def rope_cos_sin_cache(config: ModelConfig, device=None) -> torch.Tensor:
@@ -53,23 +70,35 @@ def _llama3_inv_freq(inv_freq: torch.Tensor, s: dict) -> torch.Tensor:
 
 
 class DecoderLayer(nn.Module):
-    def __init__(self, config: ModelConfig, dtype: torch.dtype, device) -> None:
+    """One decoder layer's weights. The projections named in ``int4`` are not allocated: they are
+    ``None`` until :meth:`CausalLM.load_weights` installs their packed :class:`Int4Weight`."""
+
+    def __init__(self, config: ModelConfig, dtype: torch.dtype, device, int4: frozenset[str] = frozenset()) -> None:
         super().__init__()
         c = config
         self.q_size, self.kv_size = c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim
+        self.linear_shapes = {
+            "qkv_proj": (self.q_size + 2 * self.kv_size, c.hidden_size),
+            "o_proj": (c.hidden_size, self.q_size),
+            "gate_up_proj": (2 * c.intermediate_size, c.hidden_size),
+            "down_proj": (c.hidden_size, c.intermediate_size),
+        }
 
         def param(*shape):
             return nn.Parameter(torch.empty(shape, dtype=dtype, device=device), requires_grad=False)
 
+        def proj(name):
+            return None if name in int4 else param(*self.linear_shapes[name])
+
         self.input_layernorm = param(c.hidden_size)
-        self.qkv_proj = param(self.q_size + 2 * self.kv_size, c.hidden_size)
+        self.qkv_proj = proj("qkv_proj")
         self.qkv_bias = param(self.q_size + 2 * self.kv_size) if c.qkv_bias else None
         self.q_norm = param(c.head_dim) if c.qk_norm else None
         self.k_norm = param(c.head_dim) if c.qk_norm else None
-        self.o_proj = param(c.hidden_size, self.q_size)
+        self.o_proj = proj("o_proj")
         self.post_attention_layernorm = param(c.hidden_size)
-        self.gate_up_proj = param(2 * c.intermediate_size, c.hidden_size)
-        self.down_proj = param(c.hidden_size, c.intermediate_size)
+        self.gate_up_proj = proj("gate_up_proj")
+        self.down_proj = proj("down_proj")
 
 
 class CausalLM(nn.Module):
@@ -84,24 +113,39 @@ class CausalLM(nn.Module):
     device : torch.device or str
         Where the weights live. They are allocated uninitialised: fill them with
         :meth:`load_weights` (the loaders do) before running.
+    int4 : collection of str, optional
+        Hugging Face names of the Linear weights that :meth:`load_weights` will be given as packed
+        :class:`kernels.Int4Weight` (``model.layers.3.self_attn.q_proj.weight``, ``lm_head.weight``).
+        A projection all of whose weights are named (all of q, k and v for ``qkv_proj``; gate and
+        up for ``gate_up_proj``) is not allocated as a float tensor: it keeps the packed weight,
+        the pieces concatenated along the output rows. A packed piece of a projection that is not
+        packed whole (say a 4-bit q with an 8-bit v) is dequantised into its float slice.
     """
 
-    def __init__(self, config: ModelConfig, dtype: torch.dtype, device) -> None:
+    def __init__(self, config: ModelConfig, dtype: torch.dtype, device, int4=()) -> None:
         super().__init__()
         if dtype not in (torch.float32, torch.float16, torch.bfloat16):
             raise ValueError(f"dtype must be float32, float16 or bfloat16; got {dtype}")
         self.config, self.dtype, self.device = config, dtype, torch.device(device)
         c = config
+        int4 = frozenset(int4)
         self.embed_tokens = nn.Parameter(
             torch.empty(c.vocab_size, c.hidden_size, dtype=dtype, device=device), requires_grad=False
         )
-        self.layers = nn.ModuleList(DecoderLayer(c, dtype, device) for _ in range(c.num_layers))
-        self.norm = nn.Parameter(torch.empty(c.hidden_size, dtype=dtype, device=device), requires_grad=False)
-        self.lm_head = (
-            self.embed_tokens
-            if c.tie_word_embeddings
-            else nn.Parameter(torch.empty(c.vocab_size, c.hidden_size, dtype=dtype, device=device), requires_grad=False)
+        self.layers = nn.ModuleList(
+            DecoderLayer(c, dtype, device, frozenset(
+                attr for attr, sources in LAYER_LINEARS.items() if all(f"model.layers.{i}.{s}" in int4 for s in sources)
+            ))
+            for i in range(c.num_layers)
         )
+        self.norm = nn.Parameter(torch.empty(c.hidden_size, dtype=dtype, device=device), requires_grad=False)
+        if c.tie_word_embeddings:
+            self.lm_head = self.embed_tokens
+        elif "lm_head.weight" in int4:
+            self.lm_head = None  # installed packed by load_weights
+        else:
+            self.lm_head = nn.Parameter(torch.empty(c.vocab_size, c.hidden_size, dtype=dtype, device=device),
+                                        requires_grad=False)
         self.register_buffer("cos_sin_cache", rope_cos_sin_cache(c, self.device), persistent=False)
 
     @torch.inference_mode()
@@ -123,14 +167,14 @@ class CausalLM(nn.Module):
                 kernels.fused_add_rms_norm_(x, residual, layer.input_layernorm, eps)
             x = self._attention(layer, x, batch, kv_caches[i])
             kernels.fused_add_rms_norm_(x, residual, layer.post_attention_layernorm, eps)
-            x = F.linear(kernels.silu_and_mul(F.linear(x, layer.gate_up_proj)), layer.down_proj)
+            x = linear(kernels.silu_and_mul(linear(x, layer.gate_up_proj)), layer.down_proj)
         kernels.fused_add_rms_norm_(x, residual, self.norm, eps)
         # Only the rows whose next token is sampled go through the (vocab-wide) head.
-        return F.linear(x[batch.logits_indices], self.lm_head).float()
+        return linear(x[batch.logits_indices], self.lm_head).float()
 
     def _attention(self, layer: DecoderLayer, x: torch.Tensor, batch: ForwardBatch, kv_cache) -> torch.Tensor:
         c, n = self.config, x.shape[0]
-        qkv = F.linear(x, layer.qkv_proj, layer.qkv_bias)
+        qkv = linear(x, layer.qkv_proj, layer.qkv_bias)
         q, k, v = qkv.split([layer.q_size, layer.kv_size, layer.kv_size], dim=1)
         q, k, v = (t.view(n, -1, c.head_dim) for t in (q, k, v))
         if layer.q_norm is not None:  # Qwen3 normalises each head before the rotation
@@ -149,7 +193,7 @@ class CausalLM(nn.Module):
                 q, k_cache, v_cache, batch.page_table, batch.qo_indptr, batch.kv_lens, causal=True,
                 sliding_window=c.sliding_window,
             )
-        return F.linear(out.view(n, layer.q_size), layer.o_proj)
+        return linear(out.view(n, layer.q_size), layer.o_proj)
 
     # ---- loading -------------------------------------------------------------------------
 
@@ -158,28 +202,85 @@ class CausalLM(nn.Module):
 
         Parameters
         ----------
-        weights : iterable of (str, torch.Tensor)
+        weights : iterable of (str, torch.Tensor or kernels.Int4Weight)
             ``model.layers.3.self_attn.q_proj.weight`` style names, any float dtype and device.
-            ``lm_head.weight`` of a tied model and rotary ``inv_freq`` buffers are skipped.
+            ``lm_head.weight`` of a tied model and rotary ``inv_freq`` buffers are skipped. A
+            Linear weight may be a packed :class:`kernels.Int4Weight`: a projection the model was
+            built to keep packed (``int4``) collects its pieces and, once all have come, holds their
+            concatenation (moved to the model's device); any other target gets it dequantised.
 
         Raises
         ------
         ValueError
-            A name the model has no place for, a tensor of the wrong shape, or (at the end) a
-            weight that no tensor wrote.
+            A name the model has no place for, a tensor of the wrong shape, a float tensor for a
+            projection built to be packed, or (at the end) a weight that no tensor wrote.
         """
         written: set[str] = set()
+        pending: dict[tuple[int, str], dict[int, Int4Weight]] = {}  # (layer or -1, attr) -> row start -> piece
         for name, tensor in weights:
             if name.endswith("rotary_emb.inv_freq") or (name == "lm_head.weight" and self.config.tie_word_embeddings):
                 continue
-            target = self.weight_slice(name)
-            if target.shape != tensor.shape:
-                raise ValueError(f"tensor {name} has shape {tuple(tensor.shape)}; the model expects {tuple(target.shape)}")
-            target.copy_(tensor)
+            index, attr, rows = self._locate(name)
+            owner = self if index < 0 else self.layers[index]
+            current = getattr(owner, attr)
+            full = tuple(current.shape) if current is not None else self._linear_shape(index, attr)
+            lo, hi = rows or (0, full[0])
+            expected = (hi - lo, *full[1:])
+            if tuple(tensor.shape) != expected:
+                raise ValueError(f"tensor {name} has shape {tuple(tensor.shape)}; the model expects {expected}")
+            if current is None:  # a projection kept packed: collect its pieces
+                if not isinstance(tensor, Int4Weight):
+                    raise ValueError(f"tensor {name} must be a kernels.Int4Weight: the model was built to keep "
+                                     f"{attr} packed (int4), and it got a {type(tensor).__name__}")
+                parts = pending.setdefault((index, attr), {})
+                parts[lo] = tensor
+                if sum(p.shape[0] for p in parts.values()) == full[0]:
+                    self._install_int4(owner, attr, [parts[r] for r in sorted(parts)])
+                    del pending[(index, attr)]
+            elif isinstance(current, Int4Weight):
+                raise ValueError(f"tensor {name} was given twice ({attr} is already loaded, packed)")
+            else:
+                if isinstance(tensor, Int4Weight):
+                    tensor = kernels.dequantize_int4(tensor)
+                (current if rows is None else current[lo:hi]).copy_(tensor)
             written.add(name)
         missing = [n for n in self.expected_weight_names() if n not in written]
         if missing:
             raise ValueError(f"{len(missing)} weights missing from the checkpoint, e.g. {', '.join(missing[:5])}")
+        if pending:
+            (index, attr), _ = next(iter(pending.items()))
+            raise ValueError(f"packed projection {attr} of layer {index} got overlapping pieces (a weight given twice?)")
+
+    def _linear_shape(self, index: int, attr: str) -> tuple[int, int]:
+        if index < 0:  # the LM head
+            return (self.config.vocab_size, self.config.hidden_size)
+        return self.layers[index].linear_shapes[attr]
+
+    def _install_int4(self, owner: nn.Module, attr: str, parts: list[Int4Weight]) -> None:
+        """Set ``owner.attr`` to the row concatenation of ``parts``, its tensors registered as parameters."""
+        kinds = {(p.zero_points is None, p.mins is None, p.group_size, p.scales.dtype) for p in parts}
+        if len(kinds) > 1:
+            # Pieces in different modes (say a Q4_0 q with Q4_1 k and v) have no one packed form.
+            w = torch.cat([kernels.dequantize_int4(p) for p in parts])
+            setattr(owner, attr, nn.Parameter(w.to(self.device, self.dtype), requires_grad=False))
+            return
+        fields = []
+        for field in _INT4_FIELDS:
+            tensors = [getattr(p, field) for p in parts]
+            if tensors[0] is None:
+                fields.append(None)
+                continue
+            t = (tensors[0] if len(tensors) == 1 else torch.cat(tensors)).to(self.device).contiguous()
+            param = nn.Parameter(t, requires_grad=False)
+            owner.register_parameter(f"{attr}_{field}", param)
+            fields.append(param)
+        setattr(owner, attr, Int4Weight(*fields, parts[0].group_size))
+
+    def int4_weights(self) -> dict[str, Int4Weight]:
+        """The projections held packed, by name (``layers.3.qkv_proj``, ``lm_head``)."""
+        found = {f"layers.{i}.{attr}": getattr(layer, attr) for i, layer in enumerate(self.layers) for attr in LAYER_LINEARS}
+        found["lm_head"] = self.lm_head
+        return {name: w for name, w in found.items() if isinstance(w, Int4Weight)}
 
     def expected_weight_names(self) -> list[str]:
         """The Hugging Face tensor names a complete checkpoint of this model has."""
@@ -196,33 +297,47 @@ class CausalLM(nn.Module):
         return names + [f"model.layers.{i}.{p}" for i in range(c.num_layers) for p in per_layer]
 
     _LAYER_NAME = re.compile(r"model\.layers\.(\d+)\.(.+)")
+    _TOP_NAMES = {"model.embed_tokens.weight": "embed_tokens", "model.norm.weight": "norm", "lm_head.weight": "lm_head"}
 
-    def weight_slice(self, name: str) -> torch.Tensor:
-        """The view of our parameters that the Hugging Face tensor ``name`` fills (``q_proj`` rows of ``qkv_proj``, ...)."""
-        top = {"model.embed_tokens.weight": self.embed_tokens, "model.norm.weight": self.norm, "lm_head.weight": self.lm_head}
-        if name in top:
-            return top[name]
+    def _locate(self, name: str) -> tuple[int, str, tuple[int, int] | None]:
+        """Where the Hugging Face tensor ``name`` goes: ``(layer index or -1, attribute, rows or None)``."""
+        if name in self._TOP_NAMES:
+            return -1, self._TOP_NAMES[name], None
         m = self._LAYER_NAME.fullmatch(name)
         if m and int(m[1]) < len(self.layers):
-            layer, part = self.layers[int(m[1])], m[2]
+            index, layer, part = int(m[1]), self.layers[int(m[1])], m[2]
             q, kv, inter = layer.q_size, layer.kv_size, self.config.intermediate_size
             qkv_rows = {"q": (0, q), "k": (q, q + kv), "v": (q + kv, q + 2 * kv)}
-            target = None
             if part in ("input_layernorm.weight", "post_attention_layernorm.weight"):
-                target = getattr(layer, part.split(".")[0])
-            elif part == "self_attn.o_proj.weight":
-                target = layer.o_proj
-            elif part == "mlp.down_proj.weight":
-                target = layer.down_proj
-            elif part in ("mlp.gate_proj.weight", "mlp.up_proj.weight"):
+                return index, part.split(".")[0], None
+            if part == "self_attn.o_proj.weight":
+                return index, "o_proj", None
+            if part == "mlp.down_proj.weight":
+                return index, "down_proj", None
+            if part in ("mlp.gate_proj.weight", "mlp.up_proj.weight"):
                 start = 0 if part.startswith("mlp.gate") else inter
-                target = layer.gate_up_proj[start : start + inter]
-            elif part in ("self_attn.q_norm.weight", "self_attn.k_norm.weight"):
-                target = getattr(layer, part.split(".")[1])
-            elif m2 := re.fullmatch(r"self_attn\.([qkv])_proj\.(weight|bias)", part):
-                full = layer.qkv_proj if m2[2] == "weight" else layer.qkv_bias
-                lo, hi = qkv_rows[m2[1]]
-                target = None if full is None else full[lo:hi]
-            if target is not None:
-                return target
+                return index, "gate_up_proj", (start, start + inter)
+            if part in ("self_attn.q_norm.weight", "self_attn.k_norm.weight") and layer.q_norm is not None:
+                return index, part.split(".")[1], None
+            if (m2 := re.fullmatch(r"self_attn\.([qkv])_proj\.(weight|bias)", part)) and (
+                m2[2] == "weight" or layer.qkv_bias is not None
+            ):
+                return index, "qkv_proj" if m2[2] == "weight" else "qkv_bias", qkv_rows[m2[1]]
         raise ValueError(f"unexpected tensor {name} for a {self.config.architecture} model with this config")
+
+    def weight_slice(self, name: str) -> torch.Tensor | Int4Weight:
+        """The view of our parameters that the Hugging Face tensor ``name`` fills (``q_proj`` rows of ``qkv_proj``, ...).
+
+        For a projection held packed, the :class:`kernels.Int4Weight` of those rows (views of the
+        packed tensors; :func:`kernels.dequantize_int4` gives the float weight).
+        """
+        index, attr, rows = self._locate(name)
+        w = getattr(self if index < 0 else self.layers[index], attr)
+        if w is None:
+            raise ValueError(f"tensor {name}: {attr} is to be loaded packed and is not loaded yet")
+        if rows is None:
+            return w
+        lo, hi = rows
+        if isinstance(w, Int4Weight):
+            return Int4Weight(*(None if t is None else t[lo:hi] for t in w[:4]), w.group_size)
+        return w[lo:hi]

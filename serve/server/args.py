@@ -6,7 +6,7 @@ import argparse
 import dataclasses
 from dataclasses import dataclass
 
-from ..loader import LOAD_FORMATS
+from ..loader import LOAD_FORMATS, QUANTIZED_WEIGHTS
 
 DESCRIPTION = """\
 Serve a model behind an OpenAI-compatible HTTP API: /v1/completions, /v1/chat/completions
@@ -44,6 +44,7 @@ class ServerArgs:
     device: str = "auto"
     dtype: str = "auto"
     load_format: str = "auto"
+    quantized_weights: str = "auto"
     threads: int | None = None
     page_size: int = 16
     max_total_tokens: int | None = None
@@ -108,6 +109,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="weights and activations (default auto: bfloat16 on GPUs, float32 on CPU)")
     model.add_argument("--load-format", default=d.load_format, choices=LOAD_FORMATS,
                        help="auto (by path), gguf, hf, or dummy (random weights for a config)")
+    model.add_argument("--quantized-weights", default=d.quantized_weights, choices=QUANTIZED_WEIGHTS,
+                       help="4-bit GGUF weights (Q4_0, Q4_1): int4 keeps them packed and multiplies through the "
+                            "INT4 GEMM, dequantize expands them to --dtype at load (default auto: int4 on CPU, "
+                            "dequantize on GPUs)")
     model.add_argument("--threads", type=_positive_int, default=d.threads,
                        help="CPU threads of the scheduler process's torch (default: torch's choice)")
     mem = p.add_argument_group("memory and batching")

@@ -63,6 +63,7 @@ def _build_engine(args: ServerArgs):
     if args.threads:
         torch.set_num_threads(args.threads)
     return Engine(args.model, device=args.device, dtype=args.dtype, load_format=args.load_format,
+                  quantized_weights=args.quantized_weights,
                   page_size=args.page_size, max_total_tokens=args.max_total_tokens,
                   memory_fraction=args.memory_fraction, max_batch_tokens=args.max_batch_tokens,
                   max_running_requests=args.max_running_requests, enable_prefix_cache=args.prefix_cache,

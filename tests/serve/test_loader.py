@@ -9,6 +9,7 @@ import os
 
 import numpy as np
 import pytest
+import kernels
 import torch
 
 from kernels.serve.loader import load_model, shipped_configs
@@ -97,6 +98,8 @@ def assert_weights(model, expected: dict[str, np.ndarray]) -> None:
     assert set(model.expected_weight_names()) == set(expected)
     for name, w in expected.items():
         got = model.weight_slice(name)
+        if isinstance(got, kernels.Int4Weight):  # a Q4_0 / Q4_1 projection kept packed (the default on CPU)
+            got = kernels.dequantize_int4(got)
         assert torch.equal(got, torch.from_numpy(w)), f"{name} differs"
 
 
@@ -111,6 +114,11 @@ def test_gguf_tensor_types(qtype, tmp_path):
                                           qtype if w.ndim == 2 else Q.F32).reshape(w.shape)
                 for n, w in weights.items()}
     assert_weights(model, expected)
+    # On CPU the 4-bit projections and LM head stay packed by default; the embedding never does.
+    packed = set(model.int4_weights())
+    projections = ("qkv_proj", "o_proj", "gate_up_proj", "down_proj")
+    assert packed == ({"lm_head", *(f"layers.{i}.{p}" for i in range(2) for p in projections)}
+                      if qtype in (Q.Q4_0, Q.Q4_1) else set())
 
 
 @pytest.mark.parametrize("arch", ["qwen2", "qwen3"])

@@ -1,0 +1,36 @@
+"""The model's one matmul: a Linear whose weight is a float tensor or a packed INT4 weight.
+
+A projection loaded from a 4-bit GGUF tensor (Q4_0, Q4_1) may stay packed as a
+:class:`kernels.Int4Weight` (``qweight`` int32 ``[N, K // 8]``, ``scales`` / ``mins``
+``[N, K // 32]``; docs/api/quant.md) and run through :func:`kernels.w4a16_gemm`, which reads the
+4-bit weight instead of a float copy of it. Activations stay in the model dtype either way.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from kernels import Int4Weight
+
+__all__ = ["Int4Weight", "linear", "weight_nbytes"]
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor | Int4Weight, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """``x @ weight.T (+ bias)``: ``F.linear`` for a tensor, ``w4a16_gemm`` for an :class:`Int4Weight`.
+
+    ``x`` is ``[M, K]`` in the model dtype; the result is ``[M, N]`` in ``x``'s dtype.
+    """
+    if isinstance(weight, torch.Tensor):
+        return F.linear(x, weight, bias)
+    out = weight.gemm(x.contiguous())
+    if bias is not None:
+        out += bias
+    return out
+
+
+def weight_nbytes(weight: torch.Tensor | Int4Weight) -> int:
+    """Bytes a weight holds: a tensor's, or a packed weight's ``qweight``, ``scales``, zero points and mins."""
+    if isinstance(weight, torch.Tensor):
+        return weight.numel() * weight.element_size()
+    return sum(t.numel() * t.element_size() for t in (weight.qweight, weight.scales, weight.zero_points, weight.mins)
+               if t is not None)
