@@ -1,9 +1,9 @@
 """W4A16 GEMM: ``a [M, K] @ W.T`` with ``W [N, K]`` unpacked from our int32 nibbles in registers.
 
-A program computes a BLOCK_M x BLOCK_N tile of the output. It walks K in steps of BLOCK_K (32 or
-64, a divisor of the group size, so a step lies in one group): loads the ``a`` tile, the packed
-words of the weight tile (each word holds 8 consecutive k of one row), shifts each k's nibble out,
-applies the group's scale and zero point or min in float32, rounds the weight to ``a``'s dtype and
+A program computes a BLOCK_M x BLOCK_N tile of the output. It walks K in steps of BLOCK_K (the
+group size up to 128, so a step lies in one group): loads the ``a`` tile and the packed words of
+the weight tile along their rows (coalesced), splits each word into its 8 nibbles, applies the
+group's scale and zero point or min in float32, rounds the weight to ``a``'s dtype and
 accumulates ``a_tile @ w_tile`` in float32 (float32 inputs: IEEE float32 products, no TF32).
 Launch parameters depend on the group size and on whether M is a decode batch (<= 16), so a
 serving loop compiles the kernel at most twice per (dtype, mode, group size).
@@ -20,10 +20,10 @@ import triton.language as tl
 from . import _util
 
 SYMMETRIC, ZERO_POINTS, MINS = 0, 1, 2
-BLOCK_N = 64
-# Two tile heights: decode (a few tokens) and everything else, so a serving loop compiles twice at most.
+# Two tile shapes: decode (a few tokens: narrow tiles, many programs, to stream the weight from
+# every SM) and everything else, so a serving loop compiles twice at most. Measured on the H100
+# at N = K = 8192, group 128 (see benchmarks/NOTES.md).
 SMALL_M = 16
-BLOCK_M = 64
 
 
 class Config(NamedTuple):
@@ -34,8 +34,10 @@ class Config(NamedTuple):
 
 
 def config(m: int, group_size: int) -> Config:
-    block_m = SMALL_M if m <= SMALL_M else BLOCK_M
-    return Config(block_m, BLOCK_N, min(group_size, 64), 4)
+    block_k = min(group_size, 128)
+    if m <= SMALL_M:
+        return Config(SMALL_M, 16, block_k, 2)
+    return Config(64, 32, block_k, 4)
 
 
 @triton.jit
@@ -53,25 +55,30 @@ def w4a16_gemm_kernel(
     cols64 = cols.to(tl.int64)
     words_per_row = K // 8
     groups = K // GROUP
-    shifts = ((ks % 8) * 4)[:, None]  # [BLOCK_K, 1]
+    # Words are loaded along their own rows (BLOCK_K // 8 consecutive words of each weight row:
+    # coalesced), and each is split into its 8 nibbles by a third axis folded back into K.
+    kw = tl.arange(0, BLOCK_K // 8)
+    shifts = tl.arange(0, 8) * 4
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for k0 in range(0, K, BLOCK_K):
         # K is a multiple of the group size, itself a multiple of BLOCK_K: no mask along K.
         k = k0 + ks
         a = tl.load(a_ptr + rows64[:, None] * K + k[None, :], mask=row_ok[:, None], other=0.0)
-        words = tl.load(qw_ptr + cols64[None, :] * words_per_row + (k // 8)[:, None], mask=col_ok[None, :], other=0)
-        q = ((words >> shifts) & 0xF).to(tl.float32)  # [BLOCK_K, BLOCK_N]
+        words = tl.load(qw_ptr + cols64[:, None] * words_per_row + (k0 // 8 + kw)[None, :], mask=col_ok[:, None],
+                        other=0)  # [BLOCK_N, BLOCK_K // 8]
+        q = (words[:, :, None] >> shifts[None, None, :]) & 0xF
+        q = tl.reshape(q, (BLOCK_N, BLOCK_K)).to(tl.float32)  # k = word * 8 + nibble
         g = cols64 * groups + k0 // GROUP
-        s = tl.load(scales_ptr + g, mask=col_ok, other=0.0).to(tl.float32)[None, :]
+        s = tl.load(scales_ptr + g, mask=col_ok, other=0.0).to(tl.float32)[:, None]
         if MODE == 1:  # ZERO_POINTS
-            z = tl.load(extra_ptr + g, mask=col_ok, other=0).to(tl.float32)[None, :]
+            z = tl.load(extra_ptr + g, mask=col_ok, other=0).to(tl.float32)[:, None]
             w = (q - z) * s
         elif MODE == 2:  # MINS
-            m = tl.load(extra_ptr + g, mask=col_ok, other=0.0).to(tl.float32)[None, :]
+            m = tl.load(extra_ptr + g, mask=col_ok, other=0.0).to(tl.float32)[:, None]
             w = q * s + m
         else:
             w = (q - 8.0) * s
-        w = w.to(a_ptr.dtype.element_ty)
+        w = tl.trans(w.to(a_ptr.dtype.element_ty))  # [BLOCK_K, BLOCK_N]
         if IEEE:
             acc = tl.dot(a.to(tl.float32), w.to(tl.float32), acc, input_precision="ieee")
         else:
