@@ -8,10 +8,10 @@ import kernels
 import pytest
 import torch
 from kernels.serve.engine import Engine
-from kernels.serve.forward_batch import ForwardBatch
 from kernels.serve.loader import load_model
 from kernels.serve.model import CausalLM, ModelConfig
 from kernels.serve.model.linear import linear, weight_nbytes
+from tests.serve.test_model import PagedRunner as Runner
 
 PROMPTS = ["The capital of France is", "def fibonacci(n):", "Once upon a time, in a land far away,",
            "Q: What is 7 times 6?\nA:"]
@@ -26,38 +26,6 @@ def weight_bytes(model) -> int:
 
 def rel_err(got: torch.Tensor, ref: torch.Tensor) -> float:
     return ((got - ref).norm() / ref.norm()).item()
-
-
-class Runner:
-    """Runs ``model`` on a fixed set of sequences in a private paged KV cache, each step feeding every
-    sequence a chunk of tokens; returns the float32 logits of each chunk's last token."""
-
-    def __init__(self, model, num_seqs: int, max_len: int, page_size: int = 16) -> None:
-        c, self.model, self.page_size = model.config, model, page_size
-        self.pages_per_seq = -(-max_len // page_size)
-        shape = (num_seqs * self.pages_per_seq, page_size, c.num_kv_heads, c.head_dim)
-        self.kv_caches = [(torch.zeros(shape, dtype=model.dtype), torch.zeros(shape, dtype=model.dtype))
-                          for _ in range(c.num_layers)]
-        self.page_table = torch.arange(num_seqs * self.pages_per_seq, dtype=torch.int32).view(num_seqs, -1)
-        self.lens = [0] * num_seqs
-
-    def step(self, chunks: list[list[int]]) -> torch.Tensor:
-        ids, positions, slots, counts = [], [], [], []
-        for i, chunk in enumerate(chunks):
-            pos = range(self.lens[i], self.lens[i] + len(chunk))
-            ids += chunk
-            positions += pos
-            slots += [int(self.page_table[i, p // self.page_size]) * self.page_size + p % self.page_size for p in pos]
-            counts.append(len(chunk))
-            self.lens[i] += len(chunk)
-        indptr = torch.tensor([0] + counts).cumsum(0)
-        batch = ForwardBatch(
-            input_ids=torch.tensor(ids), positions=torch.tensor(positions), slot_mapping=torch.tensor(slots),
-            page_table=self.page_table, qo_indptr=indptr.to(torch.int32),
-            kv_lens=torch.tensor(self.lens, dtype=torch.int32), logits_indices=indptr[1:] - 1,
-            is_decode=all(n == 1 for n in counts),
-        )
-        return self.model(batch, self.kv_caches)
 
 
 # ---- the default model (SmolLM2-135M: Q4_1 layers, Q8_0 embedding) ------------------------------
