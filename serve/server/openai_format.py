@@ -37,12 +37,14 @@ class Formatter:
         self.model = model
         self.created = int(time.time())
         self.tokenizer = tokenizer
+        chat = kind == "chat"
+        self.object = "chat.completion" if chat else "text_completion"
+        self.chunk_object = "chat.completion.chunk" if chat else "text_completion"
 
     # ---- whole answers -----------------------------------------------------------------------
 
     def completion(self, choices: list[dict], usage: dict) -> dict:
-        obj = "chat.completion" if self.kind == "chat" else "text_completion"
-        return {"id": self.id, "object": obj, "created": self.created, "model": self.model, "choices": choices,
+        return {"id": self.id, "object": self.object, "created": self.created, "model": self.model, "choices": choices,
                 "usage": usage}
 
     def choice(self, index: int, text: str, logprobs, finish_reason: str | None, offset: int = 0) -> dict:
@@ -55,8 +57,7 @@ class Formatter:
     # ---- streaming ---------------------------------------------------------------------------
 
     def chunk(self, choices: list[dict], include_usage: bool) -> dict:
-        obj = "chat.completion.chunk" if self.kind == "chat" else "text_completion"
-        out = {"id": self.id, "object": obj, "created": self.created, "model": self.model, "choices": choices}
+        out = {"id": self.id, "object": self.chunk_object, "created": self.created, "model": self.model, "choices": choices}
         if include_usage:
             out["usage"] = None
         return out
@@ -70,8 +71,7 @@ class Formatter:
                 "finish_reason": finish_reason}
 
     def usage_chunk(self, usage: dict) -> dict:
-        obj = "chat.completion.chunk" if self.kind == "chat" else "text_completion"
-        return {"id": self.id, "object": obj, "created": self.created, "model": self.model, "choices": [],
+        return {"id": self.id, "object": self.chunk_object, "created": self.created, "model": self.model, "choices": [],
                 "usage": usage}
 
     # ---- logprobs ----------------------------------------------------------------------------

@@ -7,6 +7,7 @@ float32 rounding (issue 6, acceptance 1 asks for a relative error of at most 1e-
 import kernels
 import pytest
 import torch
+from kernels.serve.bench.offline import weight_bytes
 from kernels.serve.engine import Engine
 from kernels.serve.loader import load_model
 from kernels.serve.model import CausalLM, ModelConfig
@@ -18,10 +19,6 @@ PROMPTS = ["The capital of France is", "def fibonacci(n):", "Once upon a time, i
 DECODE_STEPS = 6
 MAX_REL_ERR = 1e-2
 PROJECTIONS = ("qkv_proj", "o_proj", "gate_up_proj", "down_proj")
-
-
-def weight_bytes(model) -> int:
-    return sum(p.numel() * p.element_size() for p in model.parameters())
 
 
 def rel_err(got: torch.Tensor, ref: torch.Tensor) -> float:
