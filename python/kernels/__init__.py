@@ -9,6 +9,7 @@ from importlib.metadata import PackageNotFoundError, version
 from . import composite, native, triton  # noqa: F401  (each registers its implementations)
 from .ops.activation import gelu_and_mul, silu_and_mul
 from .ops.attention import merge_attention_states, paged_decode_attention, paged_prefill_attention, store_kv_cache
+from .ops.fp8 import fp8_gemm, quantize_fp8
 from .ops.norm import fused_add_rms_norm_, rms_norm
 from .ops.quant import (
     Int4Weight,
@@ -53,6 +54,8 @@ __all__ = [
     "from_awq",
     "from_gguf_q4_0",
     "from_gguf_q4_1",
+    "quantize_fp8",
+    "fp8_gemm",
     "backend",
     "BackendUnavailableError",
     "__version__",

@@ -6,7 +6,7 @@ Verification: ``registry.TORCH_OPS_PLATFORMS``.
 """
 
 from .. import registry
-from . import activation, norm, quant, rope
+from . import activation, fp8, norm, quant, rope
 
 OPS = {
     "rms_norm": norm.rms_norm,
@@ -15,6 +15,7 @@ OPS = {
     "silu_and_mul": activation.silu_and_mul,
     "gelu_and_mul": activation.gelu_and_mul,
     "w4a16_gemm": quant.w4a16_gemm,
+    "fp8_gemm": fp8.fp8_gemm,
 }
 
 for _name, _fn in OPS.items():

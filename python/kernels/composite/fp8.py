@@ -1,0 +1,28 @@
+"""FP8 GEMM as model code writes it with torch alone: ``torch._scaled_mm`` where the device has
+FP8 tensor cores and the scales are per-tensor or row-wise, else dequantisation (correct
+everywhere, not fast: the CPU's FP8 path)."""
+
+import torch
+
+from ..reference.fp8 import dequantize_a, dequantize_b
+
+
+def _scaled_mm_ok(a, scale_a, scale_b, out_dtype) -> bool:
+    if a.device.type != "cuda" or scale_a.dim() == 2 or out_dtype == torch.float32:
+        return False
+    return torch.cuda.get_device_capability(a.device) >= (8, 9)
+
+
+def fp8_gemm(a, b, scale_a, scale_b, out_dtype, bias):
+    m, n = a.shape[0], b.shape[0]
+    if m and _scaled_mm_ok(a, scale_a, scale_b, out_dtype):
+        # _scaled_mm wants both scales [1] (per tensor) or both row-wise ([M, 1], [1, N]).
+        if scale_a.numel() == 1 and scale_b.numel() == 1:
+            sa, sb = scale_a.view(()), scale_b.view(())
+        else:
+            sa, sb = scale_a.expand(m).reshape(m, 1), scale_b.expand(n).reshape(1, n)
+        return torch._scaled_mm(a, b.T, scale_a=sa, scale_b=sb, bias=bias, out_dtype=out_dtype)
+    out = dequantize_a(a, scale_a) @ dequantize_b(b, scale_b).T
+    if bias is not None:
+        out += bias
+    return out.to(out_dtype)
