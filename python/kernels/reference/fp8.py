@@ -36,7 +36,7 @@ def quantize_fp8(x: torch.Tensor, granularity: str, scale: torch.Tensor | None, 
         full = s[:, None].expand(m, k)
     else:  # group128
         pad = _blocks(k) * BLOCK - k
-        groups = torch.nn.functional.pad(xf.abs(), (0, pad)).view(m, -1, BLOCK)
+        groups = torch.nn.functional.pad(xf.abs(), (0, pad)).view(m, _blocks(k), BLOCK)
         s = groups.amax(dim=2).clamp_min(AMAX_FLOOR) / FP8_MAX
         full = _expand(s, m, k, 1, BLOCK)
         if column_major_scales:
