@@ -37,4 +37,10 @@ STABLE_TORCH_LIBRARY(kernels, m) {
   m.def(
       "w4a16_gemm(Tensor a, Tensor qweight, Tensor scales, Tensor? zero_points, Tensor? mins, "
       "int group_size) -> Tensor");
+  // FP8 e4m3 quantisation (python/kernels/ops/fp8.py): granularity 0 per tensor (dynamic, or
+  // the static scale given), 1 per token, 2 per 1 x 128 group (column_major_scales: the scales'
+  // strides are (1, M)); returns the e4m3 values and the float32 scales.
+  m.def(
+      "quantize_fp8(Tensor x, int granularity, Tensor? scale, bool column_major_scales) "
+      "-> (Tensor, Tensor)");
 }

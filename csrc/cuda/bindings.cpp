@@ -15,6 +15,7 @@
 #include "cuda/attention/paged_attention.h"
 #include "cuda/current_stream.h"
 #include "cuda/norm/rms_norm.h"
+#include "cuda/quant/quantize_fp8.h"
 #include "cuda/rotary/rotary_embedding.h"
 
 namespace kernels::cuda {
@@ -375,6 +376,52 @@ std::tuple<Tensor, Tensor> merge_attention_states(Tensor v_a, Tensor lse_a, Tens
   return std::make_tuple(v, lse);
 }
 
+// granularity: 0 per tensor, 1 per token, 2 per 1 x 128 group (python/kernels/native passes it).
+std::tuple<Tensor, Tensor> quantize_fp8(Tensor x, int64_t granularity, std::optional<Tensor> scale,
+                                        bool column_major_scales) {
+  constexpr const char* op = "quantize_fp8";
+  KERNELS_CHECK(x.dim() == 2 && x.is_contiguous(), op, ": x must be contiguous [M, K]");
+  KERNELS_CHECK(granularity >= 0 && granularity <= 2, op, ": granularity must be 0, 1 or 2");
+  const int32_t device = x.get_device_index();
+  check_on(x, device, "quantize_fp8: x");
+  const Dtype dtype = dtype_of(x, op);
+  const int64_t rows = x.size(0), cols = x.size(1);
+  const auto kind = static_cast<Fp8Granularity>(granularity);
+  const float* static_scale = nullptr;
+  if (scale.has_value()) {
+    KERNELS_CHECK(kind == Fp8Granularity::kTensor, op, ": a static scale is per-tensor");
+    check_on(*scale, device, "quantize_fp8: scale");
+    KERNELS_CHECK(scale->scalar_type() == ScalarType::Float && scale->numel() == 1, op,
+                  ": scale must be float32 [1]");
+    static_scale = static_cast<const float*>(scale->const_data_ptr());
+  }
+  Tensor q = torch::stable::new_empty(x, {rows, cols}, ScalarType::Float8_e4m3fn);
+  const int64_t groups = (cols + 127) / 128;
+  Tensor scales = x;
+  if (kind == Fp8Granularity::kTensor) {
+    scales = torch::stable::new_empty(x, {1}, ScalarType::Float);
+  } else if (kind == Fp8Granularity::kToken) {
+    scales = torch::stable::new_empty(x, {rows}, ScalarType::Float);
+  } else if (column_major_scales) {  // [M, groups] with strides (1, M)
+    scales = torch::stable::transpose(
+        torch::stable::new_empty(x, {groups, rows}, ScalarType::Float), 0, 1);
+  } else {
+    scales = torch::stable::new_empty(x, {rows, groups}, ScalarType::Float);
+  }
+  // The dynamic per-tensor amax is reduced into a word from torch's caching allocator.
+  const bool dynamic_tensor = kind == Fp8Granularity::kTensor && !static_scale;
+  Tensor scratch = torch::stable::new_empty(x, {dynamic_tensor ? 1 : 0}, ScalarType::Int);
+  const DeviceGuard guard(device);
+  check_launch(
+      launch_quantize_fp8(static_cast<uint8_t*>(q.mutable_data_ptr()),
+                          static_cast<float*>(scales.mutable_data_ptr()), x.const_data_ptr(), rows,
+                          cols, kind, column_major_scales, static_scale,
+                          static_cast<uint32_t*>(scratch.mutable_data_ptr()), dtype,
+                          current_stream(device)),
+      op);
+  return std::make_tuple(q, scales);
+}
+
 }  // namespace
 }  // namespace kernels::cuda
 
@@ -388,4 +435,5 @@ STABLE_TORCH_LIBRARY_IMPL(kernels, CUDA, m) {
   m.impl("paged_decode_attention", TORCH_BOX(&kernels::cuda::paged_decode_attention));
   m.impl("merge_attention_states", TORCH_BOX(&kernels::cuda::merge_attention_states));
   m.impl("paged_prefill_attention", TORCH_BOX(&kernels::cuda::paged_prefill_attention));
+  m.impl("quantize_fp8", TORCH_BOX(&kernels::cuda::quantize_fp8));
 }

@@ -15,6 +15,7 @@ target_sources(kernels_C PRIVATE
   "${_kernels_cuda_dir}/attention/paged_prefill.cu"
   "${_kernels_cuda_dir}/norm/rms_norm.cu"
   "${_kernels_cuda_dir}/norm/fused_add_rms_norm.cu"
+  "${_kernels_cuda_dir}/quant/quantize_fp8.cu"
   "${_kernels_cuda_dir}/rotary/rotary_embedding.cu")
 
 # The host files use the runtime API's declarations (cudaStream_t, cudaGetErrorString).

@@ -25,3 +25,25 @@ __device__ __forceinline__ float block_sum(float v) {
 }
 
 }  // namespace kernels::cuda
+
+namespace kernels::cuda {
+
+// Maximum over aligned groups of `width` lanes, as group_sum.
+__device__ __forceinline__ float group_max(float v, int width) {
+  for (int offset = width / 2; offset > 0; offset >>= 1)
+    v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, offset));
+  return v;
+}
+
+// Maximum over a one-dimensional block whose size is a multiple of 32, as block_sum.
+__device__ __forceinline__ float block_max(float v) {
+  __shared__ float warp_maxima[32];
+  v = group_max(v, 32);
+  const int lane = threadIdx.x % 32;
+  if (lane == 0) warp_maxima[threadIdx.x / 32] = v;
+  __syncthreads();
+  v = lane < blockDim.x / 32 ? warp_maxima[lane] : 0.f;
+  return group_max(v, 32);
+}
+
+}  // namespace kernels::cuda

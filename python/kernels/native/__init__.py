@@ -97,3 +97,16 @@ registry.register(
     available=_availability("w4a16_gemm"),
     supports=_w4a16_gemm_supports,
 )(_forward("w4a16_gemm"))
+
+# The schema takes the granularity as an int (python/kernels/ops/fp8.py's names, in order).
+FP8_GRANULARITY_CODES = {"tensor": 0, "token": 1, "group128": 2}
+
+
+def _quantize_fp8(x, granularity, scale, column_major_scales):
+    return torch.ops.kernels.quantize_fp8(x, FP8_GRANULARITY_CODES[granularity], scale, column_major_scales)
+
+
+# CUDA only: on the CPU the reference quantises (FP8 there is a correctness path, not a fast one).
+registry.register("quantize_fp8", "native", {"cuda": "verified"}, available=_availability("quantize_fp8"))(
+    _quantize_fp8
+)

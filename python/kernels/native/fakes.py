@@ -45,3 +45,14 @@ def register_fakes() -> None:
     @torch.library.register_fake("kernels::w4a16_gemm")
     def _(a, qweight, scales, zero_points, mins, group_size):
         return a.new_empty(a.shape[0], qweight.shape[0])
+
+    @torch.library.register_fake("kernels::quantize_fp8")
+    def _(x, granularity, scale, column_major_scales):
+        m, k = x.shape
+        q = x.new_empty((m, k), dtype=torch.float8_e4m3fn)
+        if granularity != 2:
+            return q, x.new_empty((1,) if granularity == 0 else (m,), dtype=torch.float32)
+        groups = -(-k // 128)
+        if column_major_scales:
+            return q, x.new_empty((groups, m), dtype=torch.float32).T
+        return q, x.new_empty((m, groups), dtype=torch.float32)

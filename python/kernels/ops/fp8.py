@@ -63,8 +63,8 @@ def quantize_fp8(
     Returns
     -------
     (torch.Tensor, torch.Tensor)
-        ``q``: new ``[M, K]`` float8_e4m3fn; ``scales``: new float32, shaped as above (``scale``
-        itself for a static scale).
+        ``q``: new ``[M, K]`` float8_e4m3fn; ``scales``: float32, shaped as above (for a static
+        scale, a ``[1]`` tensor holding it).
 
     Raises
     ------
