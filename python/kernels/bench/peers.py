@@ -9,6 +9,8 @@
   peer that cannot be imported or called is skipped with a printed note, never faked.
 - ``bf16_matmul`` (GPU), ``fp32_matmul`` (CPU), for ``w4a16_gemm``: ``torch.matmul`` by the weight
   dequantised to that dtype ahead of time.
+- ``scaled_mm_tensor``, ``scaled_mm_rowwise``, ``scaled_mm_blockwise`` for ``fp8_gemm``
+  (``peers_fp8``): torch's scaled FP8 GEMMs on cuBLAS, each for its granularity.
 - Attention (``peers_attention``): ``sdpa`` (CPU: torch's default SDPA), ``sdpa_cudnn`` and
   ``sdpa_flash`` (GPU: SDPA restricted to one backend) on the same data laid out contiguously, and
   ``triton`` (our own Triton backend, forced through ``kernels.backend("triton")``).
@@ -217,6 +219,7 @@ def dense_matmul(spec: OpSpec, name: str) -> Peer:
 
 PEER_NAMES = (
     "torch_eager", "torch_compile", "liger", "sdpa", "sdpa_cudnn", "sdpa_flash", "triton", "bf16_matmul", "fp32_matmul",
+    "scaled_mm_tensor", "scaled_mm_rowwise", "scaled_mm_blockwise",
 )  # fmt: skip
 
 
@@ -228,7 +231,7 @@ def peers_for(
     ``args`` is an input set of the case (the attention peers look at its sizes and probe the
     SDPA backends with small tensors of the same heads and dtype).
     """
-    from . import peers_attention
+    from . import peers_attention, peers_fp8
 
     found = []
     what = spec.name + ("/" + variant if variant else "")
@@ -246,6 +249,8 @@ def peers_for(
                 found.append(liger(spec, variant, device))
             elif name in DENSE_MATMUL:
                 found.append(dense_matmul(spec, name))
+            elif name in peers_fp8.NAMES:
+                found.append(peers_fp8.make(name, spec, variant, device))
             else:
                 found.append(peers_attention.make(name, spec, variant, device, args, notes))
         except PeerUnavailable as e:
