@@ -8,7 +8,8 @@
 #     serve_online (scripts/bench_serve.sh: offline engine, then server + load generator);
 #     --no-tests: benchmarks only (a second call within one device lease, when tests and benchmarks
 #     together outrun its 10 minutes). BENCH_TIMEOUT (s, default 400) bounds each benchmark;
-#     CPU_TESTS=0 skips the CPU suite on this host (when only CUDA code changed since it last ran).
+#     CPU_TESTS=0 skips the CPU suite on this host (when only CUDA code changed since it last ran);
+#     GPU_TESTS="tests/ops/test_fp8.py ..." runs those GPU tests only (default: all of tests/).
 set -uo pipefail
 OUT=${1:?usage: scripts/gpu_check.sh OUT [--no-tests] [OP ...]}
 shift
@@ -43,7 +44,7 @@ $PY -m kernels.cli info >"$LOG/info.txt" 2>&1 || status=1
 
 if [ $RUN_TESTS = 1 ]; then
   step "pytest -m gpu"
-  $PY -m pytest -m gpu -q -p no:cacheprovider tests >"$LOG/pytest_gpu.log" 2>&1 || status=1
+  $PY -m pytest -m gpu -q -p no:cacheprovider ${GPU_TESTS:-tests} >"$LOG/pytest_gpu.log" 2>&1 || status=1
   tail -3 "$LOG/pytest_gpu.log" | tee -a "$LOG/summary.txt"
 
   # The CPU backend on this host's Xeon (AVX-512 with bf16/fp16, AMX): every ISA variant it can run.
