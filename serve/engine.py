@@ -250,13 +250,7 @@ class Engine:
         reqs = [batch.requests[i] for i in rows]
         sampled = self.sampler.sample(logits, [r.params for r in reqs], [r.prompt_ids for r in reqs],
                                       [r.output_ids for r in reqs], [r.generator for r in reqs])
-        want_logprobs = any(r.logprobs is not None for r in reqs)
-        host, done = _start_to_host(
-            sampled.token_ids,
-            sampled.logprobs if want_logprobs else None,
-            sampled.top_ids if want_logprobs else None,
-            sampled.top_logprobs if want_logprobs else None,
-        )
+        host, done = _start_to_host(sampled.token_ids, sampled.logprobs, sampled.top_ids, sampled.top_logprobs)
         needs_history = any(_has_penalties(r.params) for r in reqs)
         decodes = {batch.requests[i] for i in rows if batch.num_new[i] == 1}
         return _Launched(batch, reqs, sampled.token_ids, host, done, needs_history, decodes)

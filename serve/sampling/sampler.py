@@ -23,7 +23,9 @@ class SampleOutput:
     """
 
     token_ids: torch.Tensor  # [B] int64
-    logprobs: torch.Tensor  # [B] float32, the chosen token's logprob
+    # [B] float32, the chosen token's logprob; None when no row asked for logprobs (the
+    # normaliser is a full pass over [B, V] that a plain generation does not need)
+    logprobs: torch.Tensor | None
     # [B, n] int64 / float32, the n most likely tokens, n the largest `logprobs` asked for in the
     # batch (a row that asked for fewer reads its first ones); None when no row asked for any.
     top_ids: torch.Tensor | None = None
@@ -80,8 +82,9 @@ class Sampler:
         device = logits.device
         logits = apply_penalties(logits.float(), params, prompt_ids, output_ids)
 
-        # Logprobs before temperature and the filters (see SampleOutput).
-        log_norm = torch.logsumexp(logits, dim=-1, keepdim=True)
+        # Logprobs before temperature and the filters (see SampleOutput), when asked for.
+        want_logprobs = any(p.logprobs is not None for p in params)
+        log_norm = torch.logsumexp(logits, dim=-1, keepdim=True) if want_logprobs else None
         num_top = max((p.logprobs or 0 for p in params), default=0)
         top_ids = top_logprobs = None
         if num_top > 0:
@@ -99,6 +102,8 @@ class Sampler:
                 is_random = torch.tensor(random_rows).to(device, non_blocking=True)
                 token_ids = torch.where(is_random, sampled, logits.argmax(dim=-1))
 
+        if not want_logprobs:
+            return SampleOutput(token_ids, None)
         chosen = logits.gather(1, token_ids[:, None]) - log_norm
         return SampleOutput(token_ids, chosen[:, 0], top_ids, top_logprobs)
 

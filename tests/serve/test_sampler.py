@@ -59,6 +59,8 @@ def test_greedy_is_argmax(device):
     out = sample(logits, [SamplingParams(temperature=0)] * 16)
     assert out.token_ids.dtype == torch.int64 and out.token_ids.shape == (16,)
     torch.testing.assert_close(out.token_ids, logits.argmax(dim=-1))
+    assert out.logprobs is None and out.top_ids is None  # nobody asked: no normaliser pass
+    out = sample(logits, [SamplingParams(temperature=0, logprobs=0)] * 16)
     expected = torch.log_softmax(logits, dim=-1).amax(dim=-1)
     torch.testing.assert_close(out.logprobs, expected)
     assert out.top_ids is None and out.top_logprobs is None
