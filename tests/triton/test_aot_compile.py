@@ -29,4 +29,5 @@ def test_aot_compile_for_amd(tmp_path):
     compiled = {line.split()[2].split("[")[0] for line in lines}
     assert compiled == {"rms_norm", "fused_add_rms_norm", "rotary_embedding", "silu_and_mul",
                         "gelu_erf_and_mul", "gelu_tanh_and_mul", "store_kv_cache", "paged_decode",
-                        "merge_splits", "paged_prefill", "merge_attention_states", "w4a16_gemm"}, report
+                        "merge_splits", "paged_prefill", "merge_attention_states", "w4a16_gemm",
+                        "quantize_fp8_rows", "quantize_fp8_amax", "quantize_fp8_tensor", "fp8_gemm"}, report

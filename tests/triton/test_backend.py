@@ -17,6 +17,7 @@ PYTHON_DIR = Path(__file__).resolve().parents[2] / "python"
 OPS = [
     "rms_norm", "fused_add_rms_norm_", "rotary_embedding_", "silu_and_mul", "gelu_and_mul",
     "store_kv_cache", "paged_decode_attention", "paged_prefill_attention", "merge_attention_states", "w4a16_gemm",
+    "quantize_fp8", "fp8_gemm",
 ]
 
 

@@ -1,8 +1,8 @@
 """The ``triton`` backend: portable GPU kernels (ROCm, XPU, and a CUDA fallback) written in Triton.
 
 Triton is optional. Importing this package never imports triton: the kernel modules (norm, rope,
-activation, attention, quant) load on the first call, and ``available`` reports why the backend cannot
-run when ``import triton`` fails.
+activation, attention, quant, fp8) load on the first call, and ``available`` reports why the
+backend cannot run when ``import triton`` fails.
 
 Verification: tested on the H100 (CUDA); on ROCm and XPU the kernels are tested under the Triton
 interpreter and compiled ahead of time for AMD (``python -m kernels.triton.aot``), hence
@@ -38,6 +38,8 @@ OPS = {
     "paged_prefill_attention": ("attention", "paged_prefill_attention"),
     "merge_attention_states": ("attention", "merge_attention_states"),
     "w4a16_gemm": ("quant", "w4a16_gemm"),
+    "quantize_fp8": ("fp8", "quantize_fp8"),
+    "fp8_gemm": ("fp8", "fp8_gemm"),
 }
 
 

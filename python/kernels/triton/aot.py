@@ -42,9 +42,9 @@ def parse_target(text: str):
 
 
 def cases():
-    from . import activation, attention, norm, quant, rope
+    from . import activation, attention, fp8, norm, quant, rope
 
-    for module in (norm, rope, activation, attention, quant):
+    for module in (norm, rope, activation, attention, quant, fp8):
         yield from module.aot_cases()
 
 
