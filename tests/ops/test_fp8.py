@@ -43,7 +43,11 @@ def _backends(op: str, platform: str) -> list[str]:
 def _poison_triton_outputs(monkeypatch):
     from kernels.triton import _util
 
-    monkeypatch.setattr(_util, "new_empty", lambda shape, like: torch.full(shape, NAN, dtype=like.dtype, device=like.device))
+    def poisoned(shape, like, dtype=None):
+        dtype = dtype or like.dtype
+        return torch.full(shape, NAN if dtype.is_floating_point else -1, dtype=dtype, device=like.device)
+
+    monkeypatch.setattr(_util, "new_empty", poisoned)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -105,7 +109,9 @@ def _check_quantize(backend, m, k, dtype, granularity, device="cpu", static=Fals
     with kernels.backend(backend):
         q, s = kernels.quantize_fp8(x, granularity, scale, column_major_scales=column_major)
     rq, rs = reference.quantize_fp8(x, granularity, scale, column_major)
-    assert s.dtype == torch.float32 and s.shape == rs.shape and s.stride() == rs.stride(), (s.shape, s.stride(), rs.stride())
+    assert s.dtype == torch.float32 and s.shape == rs.shape, (s.dtype, s.shape, rs.shape)
+    if all(d > 1 for d in s.shape):  # the layout; a size-0 or size-1 dim's stride means nothing
+        assert s.stride() == rs.stride(), (s.shape, s.stride(), rs.stride())
     assert q.is_contiguous()
     if s.numel():
         assert torch.allclose(s.cpu(), rs.cpu(), rtol=1e-6, atol=0), (s, rs)

@@ -31,17 +31,13 @@ DEEPSEEK_M = (64, 128, 256, 512, 1024, 2048, 4096)
 DEEPSEEK_SHAPES = tuple(f"{m}x{n}x{k}" for n, k in DEEPSEEK_NK for m in DEEPSEEK_M)
 
 
-def _blocks(n: int) -> int:
-    return -(-n // _fp8.BLOCK)
-
-
 def _scale_count(dims, variant) -> int:
     m, n, k = dims
     if variant == "per_tensor":
         return 2
     if variant == "per_token":
         return m + n
-    return (m + _blocks(n)) * _blocks(k)
+    return (m + _fp8.blocks(n)) * _fp8.blocks(k)
 
 
 def _bytes(dims, dtype, variant):
@@ -62,7 +58,7 @@ def _inputs(dims, dtype, device, variant, gen):
     shapes = {
         "per_tensor": ((1,), (1,)),
         "per_token": ((m,), (n,)),
-        "block128": ((_blocks(k), m), (_blocks(n), _blocks(k))),
+        "block128": ((_fp8.blocks(k), m), (_fp8.blocks(n), _fp8.blocks(k))),
     }[variant]
     sa, sb = ((torch.rand(shape, device=device, generator=gen) + 0.5) * unit for shape in shapes)
     if variant == "block128":

@@ -14,17 +14,13 @@ from __future__ import annotations
 import torch
 
 from .. import registry
-from ..reference.fp8 import BLOCK, FP8, FP8_MAX
+from ..reference.fp8 import BLOCK, FP8, FP8_MAX, blocks
 from . import checks
 
 GRANULARITIES = ("tensor", "token", "group128")
 OUT_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 
-__all__ = ["BLOCK", "FP8", "FP8_MAX", "GRANULARITIES", "fp8_gemm", "quantize_fp8", "scale_granularity"]
-
-
-def _blocks(n: int) -> int:
-    return -(-n // BLOCK)
+__all__ = ["BLOCK", "FP8", "FP8_MAX", "GRANULARITIES", "blocks", "fp8_gemm", "quantize_fp8", "scale_granularity"]
 
 
 def _dtype_name(dtype) -> str:
@@ -100,8 +96,8 @@ def scale_granularity(scale_a: torch.Tensor, scale_b: torch.Tensor, m: int, n: i
         if s.dtype != torch.float32:
             raise TypeError(f"{name} must have dtype float32; got {_dtype_name(s.dtype)}")
     if scale_a.dim() == 2 or scale_b.dim() == 2:
-        kb = _blocks(k)
-        want_a, want_b = (m, kb), (_blocks(n), kb)
+        kb = blocks(k)
+        want_a, want_b = (m, kb), (blocks(n), kb)
         if tuple(scale_a.shape) != want_a:
             raise ValueError(f"blockwise scale_a must be [M, ceil(K / 128)] = {list(want_a)}; got shape {tuple(scale_a.shape)}")
         if tuple(scale_b.shape) != want_b:

@@ -15,7 +15,8 @@ AMAX_FLOOR = 1e-10
 BLOCK = 128
 
 
-def _blocks(n: int) -> int:
+def blocks(n: int) -> int:
+    """How many 128-wide blocks cover ``n``."""
     return -(-n // BLOCK)
 
 
@@ -35,8 +36,8 @@ def quantize_fp8(x: torch.Tensor, granularity: str, scale: torch.Tensor | None, 
         s = xf.abs().amax(dim=1).clamp_min(AMAX_FLOOR) / FP8_MAX
         full = s[:, None].expand(m, k)
     else:  # group128
-        pad = _blocks(k) * BLOCK - k
-        groups = torch.nn.functional.pad(xf.abs(), (0, pad)).view(m, _blocks(k), BLOCK)
+        pad = blocks(k) * BLOCK - k
+        groups = torch.nn.functional.pad(xf.abs(), (0, pad)).view(m, blocks(k), BLOCK)
         s = groups.amax(dim=2).clamp_min(AMAX_FLOOR) / FP8_MAX
         full = _expand(s, m, k, 1, BLOCK)
         if column_major_scales:
