@@ -17,6 +17,8 @@ import functools
 import importlib
 import os
 
+import torch
+
 from .. import platform as _platform
 from .. import registry
 
@@ -76,6 +78,18 @@ def supports(*args) -> str | None:
     return None
 
 
+def fp8_supports(*args) -> str | None:
+    """Triton has no float8_e4m3fn type on NVIDIA GPUs below sm_89 (no FP8 hardware)."""
+    t = args[0]
+    if t.device.type == "cuda" and not torch.version.hip and torch.cuda.get_device_capability(t.device) < (8, 9):
+        return "Triton supports float8_e4m3fn on NVIDIA GPUs from sm_89 on"
+    return supports(*args)
+
+
+# Ops whose arguments need more than ``supports``.
+SUPPORTS = {"quantize_fp8": fp8_supports, "fp8_gemm": fp8_supports}
+
+
 def _lazy(module: str, name: str):
     """A function that imports ``module`` (and so triton) on its first call, then calls ``name``."""
     fn = None
@@ -92,4 +106,4 @@ def _lazy(module: str, name: str):
 
 
 for _op, (_module, _name) in OPS.items():
-    registry.register(_op, "triton", PLATFORMS, supports=supports, available=available)(_lazy(_module, _name))
+    registry.register(_op, "triton", PLATFORMS, supports=SUPPORTS.get(_op, supports), available=available)(_lazy(_module, _name))

@@ -19,12 +19,13 @@ per-channel scales are one path (a [1] scale is read with stride 0), applied onc
 loop; blockwise scales are applied per 128-wide K step: the step's dot in float32 times
 ``scale_a[m, kb]`` and ``scale_b[n // 128, kb]``, then accumulated.
 
-Where FP8 tensor cores are missing (CUDA below sm_89, XPU) the operands are upcast to float16 in
-the kernel before ``tl.dot``: exact (every e4m3 value is a float16), so only the speed differs.
-On ROCm, e4m3fn (OCP) is native from CDNA4 (gfx950) on; CDNA3 (gfx942) has the FNUZ variant,
-and Triton 3.9 compiles e4m3fn dots there only by emulating them, so the kernel upcasts on every
-AMD GPU but gfx950 rather than depend on that. Both variants compile for hip:gfx942 in the AOT
-check; ROCm is compile-checked only (``emulated``).
+Triton has no e4m3fn type on NVIDIA GPUs below sm_89, so there the backend declines both ops
+(``fp8_supports`` in ``__init__``). Elsewhere without FP8 dots (XPU; AMD before gfx950, whose CDNA3
+has the FNUZ variant and where Triton 3.9 only emulates e4m3fn dots) the operands are upcast to
+float16 in the kernel before ``tl.dot``: exact (every e4m3 value is a float16), only slower. A
+float32 output takes that upcast everywhere, with each K step's dot added on the CUDA cores (see
+``dot_mode``). Both dot paths compile for hip:gfx942 in the AOT check; ROCm is compile-checked
+only (``emulated``).
 """
 
 from __future__ import annotations
@@ -58,7 +59,9 @@ def _round_to_e4m3(y):
     biased_exp = tl.maximum(a.to(tl.int32, bitcast=True) >> 23, 127 - 6)
     c = ((biased_exp + 20) << 23).to(tl.float32, bitcast=True)
     r = (a + c) - c
-    return tl.where(y.to(tl.int32, bitcast=True) < 0, -r, r)  # keeps -0.0 as torch does
+    # y's sign bit onto r (not -r: Triton negates as 0 - r, which turns -0.0 into +0.0)
+    sign = (y.to(tl.int32, bitcast=True) >> 31) << 31
+    return (r.to(tl.int32, bitcast=True) | sign).to(tl.float32, bitcast=True)
 
 
 @triton.jit
@@ -215,7 +218,7 @@ def _quantize_tensor(x, q, scale):
 def fp8_gemm_kernel(
     a_ptr, b_ptr, sa_ptr, sb_ptr, bias_ptr, out_ptr, M, N, K,
     sa_stride_m, sa_stride_k, sb_stride_n, sb_stride_k,
-    BLOCKWISE: tl.constexpr, HAS_BIAS: tl.constexpr, UPCAST: tl.constexpr,
+    BLOCKWISE: tl.constexpr, HAS_BIAS: tl.constexpr, UPCAST: tl.constexpr, FP32_ACC: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
 ):  # fmt: skip
     # Grouped order: consecutive programs walk GROUP_M row tiles down one column tile, so a tile
@@ -251,8 +254,14 @@ def fp8_gemm_kernel(
             sa = tl.load(sa_ptr + rows_in * sa_stride_m + kb * sa_stride_k)
             sb = tl.load(sb_ptr + (cols_in // _BLOCK) * sb_stride_n + kb * sb_stride_k)
             acc += tl.dot(a, b) * sa[:, None] * sb[None, :]
+        elif FP32_ACC:
+            acc += tl.dot(a, b)
         else:
-            acc = tl.dot(a, b, acc)
+            # Hopper's FP8 MMA sums into a narrower accumulator than float32, and Triton's default
+            # on sm_90 chains the whole K loop there (at K = 18432, bf16 outputs off by over 1%).
+            # Promoting into the float32 acc once per K step (DeepSeek-V3's 128) keeps it below
+            # 1e-3, for 1.3x the time at the same tiles (H100 8192^3: 880 against 1139 TFLOP/s).
+            acc = tl.dot(a, b, acc, max_num_imprecise_acc=BLOCK_K)
         a_ptrs += BLOCK_K
         b_ptrs += BLOCK_K
     if not BLOCKWISE:  # [1] scales come with stride 0
@@ -276,6 +285,8 @@ class GemmConfig(NamedTuple):
 
 # Three tile shapes by M, so a serving loop compiles at most three variants per (scales, dtype):
 # decode (narrow tiles, many programs streaming b from every SM), small batches, and large M.
+# Picked from a sweep on the H100 (128 x 256 tiles are faster without the promotion to float32
+# but spill with it; 6 stages gave M = 64 x 7168 x 18432 its best).
 DECODE_M = 16
 SMALL_M = 64
 
@@ -290,20 +301,30 @@ def gemm_config(m: int, platform: str) -> GemmConfig:
     if m <= DECODE_M:
         return GemmConfig(16, 64, 128, 1, 4, 4)
     if m <= SMALL_M:
-        return GemmConfig(64, 64, 128, 8, 4, 4)
+        return GemmConfig(64, 64, 128, 8, 4, 6)
     return GemmConfig(128, 128, 128, 8, 8, 4)
 
 
 def native_fp8_dot(t: torch.Tensor) -> bool:
-    """Whether ``tl.dot`` takes e4m3fn operands on ``t``'s device (else the kernel upcasts)."""
-    if t.device.type == "cpu":  # the interpreter (it computes FP8 dots in float16 itself)
-        return True
-    if t.device.type != "cuda":
+    """Whether ``tl.dot`` takes e4m3fn operands on ``t``'s device (else the kernel upcasts).
+
+    CUDA: always, since the backend declines below sm_89 (see ``__init__``)."""
+    if t.device.type == "xpu":
         return False
-    if torch.version.hip:
+    if t.device.type == "cuda" and torch.version.hip:
         arch = torch.cuda.get_device_properties(t.device).gcnArchName.split(":")[0]
         return arch in ("gfx950", "gfx1200", "gfx1201")
-    return torch.cuda.get_device_capability(t.device) >= (8, 9)
+    return True  # CUDA sm_89+, and the interpreter (which computes FP8 dots in float16 itself)
+
+
+def dot_mode(a: torch.Tensor, out_dtype: torch.dtype) -> tuple[bool, bool]:
+    """(upcast to float16, add each K step's dot in float32) for the kernel.
+
+    A float32 output promises float32 accuracy, which no tensor-core accumulation chain keeps on
+    the H100 (FP8 operands: 5e-5 relative; float16 operands chained over K = 7168: a few elements
+    off by 1e-5): it takes float16 operands and adds every K step's dot on the CUDA cores."""
+    fp32_acc = out_dtype == torch.float32
+    return fp32_acc or not native_fp8_dot(a), fp32_acc
 
 
 def fp8_gemm(a, b, scale_a, scale_b, out_dtype, bias):
@@ -319,11 +340,12 @@ def fp8_gemm(a, b, scale_a, scale_b, out_dtype, bias):
         sa_strides = (0 if scale_a.numel() == 1 else 1, 0)
         sb_strides = (0 if scale_b.numel() == 1 else 1, 0)
     cfg = gemm_config(m, "rocm" if torch.version.hip and a.is_cuda else a.device.type)
+    upcast, fp32_acc = dot_mode(a, out_dtype)
     grid = (triton.cdiv(m, cfg.block_m) * triton.cdiv(n, cfg.block_n),)
     with _util.device_guard(a):
         fp8_gemm_kernel[grid](
             a, b, scale_a, scale_b, bias if bias is not None else out, out, m, n, k, *sa_strides, *sb_strides,
-            BLOCKWISE=blockwise, HAS_BIAS=bias is not None, UPCAST=not native_fp8_dot(a),
+            BLOCKWISE=blockwise, HAS_BIAS=bias is not None, UPCAST=upcast, FP32_ACC=fp32_acc,
             BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, GROUP_M=cfg.group_m,
             num_warps=cfg.num_warps, num_stages=cfg.num_stages,
         )  # fmt: skip
@@ -354,19 +376,22 @@ def aot_cases():
             {"DYNAMIC": dynamic, "BLOCK_SIZE": TENSOR_BLOCK, "PARTIALS": MAX_PARTIALS if dynamic else 1}, warps,
         )  # fmt: skip
     # The tiles each platform's wrapper picks: native FP8 dots as on sm_89+ (and gfx950), the
-    # float16 upcast as on gfx942.
-    cases = [("cuda", 1, False, False), ("cuda", 64, True, False), ("cuda", 4096, False, False), ("cuda", 4096, True, False)]
-    cases += [("rocm", 1, False, True), ("rocm", 4096, True, True), ("rocm", 4096, True, False)]
-    for platform, m, blockwise, upcast in cases:
+    # float16 upcast as on gfx942 and for float32 outputs.
+    cases = [("cuda", 1, False, "bf16"), ("cuda", 64, True, "bf16"), ("cuda", 4096, False, "bf16"),
+             ("cuda", 4096, True, "bf16"), ("cuda", 4096, False, "fp32")]
+    cases += [("rocm", 1, False, "bf16"), ("rocm", 4096, True, "bf16"), ("rocm", 4096, True, "fp32")]
+    for platform, m, blockwise, out in cases:
         cfg = gemm_config(m, platform)
-        label = (f"fp8_gemm[{'block' if blockwise else 'token'} bf16 {platform} tiles {cfg.block_m}x{cfg.block_n}x{cfg.block_k}"
-                 f"{' upcast' if upcast else ''}]")  # fmt: skip
+        fp32_acc = out == "fp32"
+        upcast = fp32_acc or platform == "rocm"
+        tiles = f"{cfg.block_m}x{cfg.block_n}x{cfg.block_k}"
+        label = f"fp8_gemm[{'block' if blockwise else 'token'} {out} {platform} tiles {tiles}{' upcast' if upcast else ''}]"
         args = {
-            "a_ptr": "*fp8e4nv", "b_ptr": "*fp8e4nv", "sa_ptr": "*fp32", "sb_ptr": "*fp32", "bias_ptr": "*bf16",
-            "out_ptr": "*bf16", "M": m, "N": 7168, "K": 18432,
+            "a_ptr": "*fp8e4nv", "b_ptr": "*fp8e4nv", "sa_ptr": "*fp32", "sb_ptr": "*fp32", "bias_ptr": f"*{out}",
+            "out_ptr": f"*{out}", "M": m, "N": 7168, "K": 18432,
             "sa_stride_m": 1, "sa_stride_k": m if blockwise else 0, "sb_stride_n": 144 if blockwise else 1,
             "sb_stride_k": 1 if blockwise else 0,
         }  # fmt: skip
-        const = {"BLOCKWISE": blockwise, "HAS_BIAS": True, "UPCAST": upcast, "BLOCK_M": cfg.block_m,
+        const = {"BLOCKWISE": blockwise, "HAS_BIAS": True, "UPCAST": upcast, "FP32_ACC": fp32_acc, "BLOCK_M": cfg.block_m,
                  "BLOCK_N": cfg.block_n, "BLOCK_K": cfg.block_k, "GROUP_M": cfg.group_m}  # fmt: skip
         yield label, fp8_gemm_kernel, args, const, cfg.num_warps
