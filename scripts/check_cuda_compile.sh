@@ -16,6 +16,9 @@ TORCH_INCLUDE=$("$PY" -c "import os, torch; print(os.path.join(os.path.dirname(t
   { echo "check_cuda_compile: FAILED: $PY cannot import torch" >&2; exit 1; }
 # The runtime headers nvcc itself uses (the host files need cuda_runtime_api.h).
 CUDA_INCLUDE=$("$NVCC" --dryrun -x cu -c /dev/null -o /dev/null 2>&1 | sed -n 's/^#\$ INCLUDES="-I\([^"]*\)".*/\1/p')
+# CUTLASS headers from the nvidia-cutlass wheel (found as platforms/cuda/build.cmake finds them).
+CUTLASS=$("$PY" -c "import importlib.util, os; print(os.path.join(importlib.util.find_spec('cutlass_library').submodule_search_locations[0], 'source'))") ||
+  { echo "check_cuda_compile: FAILED: $PY has no nvidia-cutlass (pip install nvidia-cutlass)" >&2; exit 1; }
 
 TMP=$(mktemp -d)
 trap 'rm -rf "$TMP"' EXIT
@@ -31,7 +34,8 @@ compile() {  # compile LOG COMMAND...: run it, keep its output, note a failure
 }
 for f in "${CU[@]}"; do
   compile "$TMP/$(basename "$f").log" "$NVCC" -std=c++17 -O3 --use_fast_math \
-    -gencode arch=compute_90a,code=sm_90a -Xptxas -v -Icsrc -c "$f" -o "$TMP/$(basename "$f").o"
+    --expt-relaxed-constexpr -gencode arch=compute_90a,code=sm_90a -Xptxas -v -Icsrc \
+    -I"$CUTLASS/include" -I"$CUTLASS/tools/util/include" -c "$f" -o "$TMP/$(basename "$f").o"
 done
 for f in "${CPP[@]}"; do
   compile "$TMP/$(basename "$f").log" "$CXX" -std=c++17 -O1 -Wall -fPIC \

@@ -15,6 +15,7 @@
 #include "cuda/attention/paged_attention.h"
 #include "cuda/current_stream.h"
 #include "cuda/norm/rms_norm.h"
+#include "cuda/quant/fp8_gemm.h"
 #include "cuda/quant/quantize_fp8.h"
 #include "cuda/rotary/rotary_embedding.h"
 
@@ -422,6 +423,97 @@ std::tuple<Tensor, Tensor> quantize_fp8(Tensor x, int64_t granularity, std::opti
   return std::make_tuple(q, scales);
 }
 
+// blockwise scale_a as the kernels read it: column-major [M, groups] with 16-byte aligned
+// columns of whole 16-byte words (TMA reads M rounded up to 4 rows); any other layout
+// (row-major, or M not a multiple of 4) is copied into one.
+std::pair<Tensor, int64_t> column_major_scales(Tensor scale_a, int64_t m, int64_t groups) {
+  const bool usable = m % 4 == 0 && scale_a.stride(0) == 1 && scale_a.stride(1) % 4 == 0 &&
+                      scale_a.stride(1) >= m &&
+                      reinterpret_cast<uintptr_t>(scale_a.const_data_ptr()) % 16 == 0;
+  if (usable) return {scale_a, scale_a.stride(1)};
+  const int64_t ld = (m + 3) / 4 * 4;
+  Tensor padded = torch::stable::new_empty(scale_a, {groups, ld});
+  Tensor columns = torch::stable::narrow(padded, 1, 0, m);
+  torch::stable::copy_(columns, torch::stable::transpose(scale_a, 0, 1));
+  return {padded, ld};
+}
+
+// out_dtype bf16 / fp16 (float32 output runs on another backend); granularity from the scales'
+// shapes as in python/kernels/ops/fp8.py, which has checked them.
+Tensor fp8_gemm(Tensor a, Tensor b, Tensor scale_a, Tensor scale_b, ScalarType out_dtype,
+                std::optional<Tensor> bias) {
+  constexpr const char* op = "fp8_gemm";
+  const int32_t device = a.get_device_index();
+  for (const Tensor* t : {&a, &b, &scale_a, &scale_b}) check_on(*t, device, op);
+  KERNELS_CHECK(out_dtype == ScalarType::BFloat16 || out_dtype == ScalarType::Half, op,
+                ": out_dtype must be bfloat16 or float16 on CUDA");
+  KERNELS_CHECK(a.scalar_type() == ScalarType::Float8_e4m3fn &&
+                    b.scalar_type() == ScalarType::Float8_e4m3fn,
+                op, ": a and b must be float8_e4m3fn");
+  KERNELS_CHECK(a.dim() == 2 && b.dim() == 2 && a.is_contiguous() && b.is_contiguous() &&
+                    b.size(1) == a.size(1),
+                op, ": a must be contiguous [M, K] and b contiguous [N, K]");
+  const int64_t m = a.size(0), n = b.size(0), k = a.size(1);
+  // TMA reads rows and writes out's rows at 16-byte aligned addresses.
+  KERNELS_CHECK(k % 16 == 0 && n % 16 == 0, op, ": K and N must be multiples of 16");
+  KERNELS_CHECK(m <= kIntMax && n <= kIntMax && k <= kIntMax, op, ": sizes must fit in int32");
+  for (const Tensor* t : {&a, &b})
+    KERNELS_CHECK(reinterpret_cast<uintptr_t>(t->const_data_ptr()) % 16 == 0, op,
+                  ": a and b must be 16-byte aligned");
+  KERNELS_CHECK(scale_a.scalar_type() == ScalarType::Float &&
+                    scale_b.scalar_type() == ScalarType::Float,
+                op, ": scale_a and scale_b must be float32");
+  Fp8GemmArgs args{};
+  args.m = static_cast<int>(m);
+  args.n = static_cast<int>(n);
+  args.k = static_cast<int>(k);
+  args.out_dtype = out_dtype == ScalarType::BFloat16 ? Dtype::kBFloat16 : Dtype::kFloat16;
+  args.blockwise = scale_a.dim() == 2;
+  const int64_t groups = (k + 127) / 128;
+  Tensor scales_a = scale_a;
+  if (args.blockwise) {
+    KERNELS_CHECK(scale_a.size(0) == m && scale_a.size(1) == groups, op,
+                  ": blockwise scale_a must be [M, ceil(K / 128)]");
+    KERNELS_CHECK(scale_b.dim() == 2 && scale_b.size(0) == (n + 127) / 128 &&
+                      scale_b.size(1) == groups && scale_b.is_contiguous(),
+                  op, ": blockwise scale_b must be contiguous [ceil(N / 128), ceil(K / 128)]");
+    KERNELS_CHECK(m * groups < kIntMax, op, ": scale_a too large");
+    if (m > 0) std::tie(scales_a, args.scale_a_ld) = column_major_scales(scale_a, m, groups);
+  } else {
+    KERNELS_CHECK(scale_a.dim() == 1 && (scale_a.size(0) == 1 || scale_a.size(0) == m) &&
+                      scale_b.dim() == 1 && (scale_b.size(0) == 1 || scale_b.size(0) == n),
+                  op, ": scale_a must be [1] or [M], scale_b [1] or [N]");
+    args.scale_a_per_row = scale_a.size(0) > 1;
+    args.scale_b_per_row = scale_b.size(0) > 1;
+  }
+  if (bias.has_value()) {
+    check_on(*bias, device, "fp8_gemm: bias");
+    KERNELS_CHECK(bias->scalar_type() == out_dtype && bias->dim() == 1 && bias->size(0) == n &&
+                      bias->is_contiguous() &&
+                      reinterpret_cast<uintptr_t>(bias->const_data_ptr()) % 16 == 0,
+                  op, ": bias must be contiguous, 16-byte aligned [N] of out_dtype");
+    args.bias = bias->const_data_ptr();
+  }
+  Tensor out = torch::stable::new_empty(a, {m, n}, out_dtype);
+  if (m == 0) return out;
+  const DeviceGuard guard(device);
+  const char* unsupported = fp8_gemm_unsupported_reason(device);
+  KERNELS_CHECK(unsupported == nullptr, op, ": ", unsupported);
+  args.out = out.mutable_data_ptr();
+  args.a = a.const_data_ptr();
+  args.b = b.const_data_ptr();
+  args.scale_a = static_cast<const float*>(scales_a.const_data_ptr());
+  args.scale_b = static_cast<const float*>(scale_b.const_data_ptr());
+  // Stream-K's partial tiles live in torch's caching allocator (stream-ordered).
+  const size_t workspace_bytes = fp8_gemm_workspace_size(args, device);
+  Tensor workspace =
+      torch::stable::new_empty(a, {static_cast<int64_t>(workspace_bytes)}, ScalarType::Byte);
+  check_launch(launch_fp8_gemm(args, workspace_bytes ? workspace.mutable_data_ptr() : nullptr,
+                               device, current_stream(device)),
+               op);
+  return out;
+}
+
 }  // namespace
 }  // namespace kernels::cuda
 
@@ -436,4 +528,5 @@ STABLE_TORCH_LIBRARY_IMPL(kernels, CUDA, m) {
   m.impl("merge_attention_states", TORCH_BOX(&kernels::cuda::merge_attention_states));
   m.impl("paged_prefill_attention", TORCH_BOX(&kernels::cuda::paged_prefill_attention));
   m.impl("quantize_fp8", TORCH_BOX(&kernels::cuda::quantize_fp8));
+  m.impl("fp8_gemm", TORCH_BOX(&kernels::cuda::fp8_gemm));
 }

@@ -15,8 +15,33 @@ target_sources(kernels_C PRIVATE
   "${_kernels_cuda_dir}/attention/paged_prefill.cu"
   "${_kernels_cuda_dir}/norm/rms_norm.cu"
   "${_kernels_cuda_dir}/norm/fused_add_rms_norm.cu"
+  "${_kernels_cuda_dir}/quant/fp8_gemm.cu"
+  "${_kernels_cuda_dir}/quant/fp8_gemm_blockwise_bf16.cu"
+  "${_kernels_cuda_dir}/quant/fp8_gemm_blockwise_fp16.cu"
+  "${_kernels_cuda_dir}/quant/fp8_gemm_rowwise_bf16.cu"
+  "${_kernels_cuda_dir}/quant/fp8_gemm_rowwise_fp16.cu"
   "${_kernels_cuda_dir}/quant/quantize_fp8.cu"
   "${_kernels_cuda_dir}/rotary/rotary_embedding.cu")
+
+# CUTLASS 3.x headers (fp8_gemm's kernels) from the nvidia-cutlass wheel, a build requirement:
+# found through the interpreter without importing the package; nothing is downloaded here.
+execute_process(
+  COMMAND "${Python_EXECUTABLE}" -c
+    "import importlib.util, os; s = importlib.util.find_spec('cutlass_library'); print(os.path.join(s.submodule_search_locations[0], 'source') if s else '')"
+  OUTPUT_VARIABLE KERNELS_CUTLASS_DIR OUTPUT_STRIP_TRAILING_WHITESPACE COMMAND_ERROR_IS_FATAL ANY)
+if(NOT EXISTS "${KERNELS_CUTLASS_DIR}/include/cutlass/cutlass.h")
+  message(FATAL_ERROR "CUTLASS headers not found: pip install nvidia-cutlass==4.2.0.0 into ${Python_EXECUTABLE}'s environment")
+endif()
+target_include_directories(kernels_C PRIVATE
+  "$<$<COMPILE_LANGUAGE:CUDA>:${KERNELS_CUTLASS_DIR}/include;${KERNELS_CUTLASS_DIR}/tools/util/include>")
+# CUTLASS's device-side asserts are calls that serialise the wgmma pipeline (ptxas C7510): off
+# for its kernels whatever the build type.
+set_source_files_properties(
+  "${_kernels_cuda_dir}/quant/fp8_gemm_blockwise_bf16.cu" "${_kernels_cuda_dir}/quant/fp8_gemm_blockwise_fp16.cu"
+  "${_kernels_cuda_dir}/quant/fp8_gemm_rowwise_bf16.cu" "${_kernels_cuda_dir}/quant/fp8_gemm_rowwise_fp16.cu"
+  TARGET_DIRECTORY kernels_C PROPERTIES COMPILE_DEFINITIONS NDEBUG)
+# CuTe calls constexpr host functions from host-device code throughout.
+target_compile_options(kernels_C PRIVATE $<$<COMPILE_LANGUAGE:CUDA>:--expt-relaxed-constexpr>)
 
 # The host files use the runtime API's declarations (cudaStream_t, cudaGetErrorString).
 target_include_directories(kernels_C PRIVATE ${CUDAToolkit_INCLUDE_DIRS})

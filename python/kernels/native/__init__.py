@@ -110,3 +110,22 @@ def _quantize_fp8(x, granularity, scale, column_major_scales):
 registry.register("quantize_fp8", "native", {"cuda": "verified"}, available=_availability("quantize_fp8"))(
     _quantize_fp8
 )
+
+
+def _fp8_gemm_supports(a, b, scale_a, scale_b, out_dtype, bias) -> str | None:
+    # The CUTLASS kernels (csrc/cuda/quant/fp8_gemm*): wgmma and TMA, sm_90a instructions; TMA
+    # moves 16-byte aligned rows.
+    if torch.cuda.get_device_capability(a.device) != (9, 0):
+        return "the CUTLASS FP8 GEMM runs on sm_90 (Hopper) GPUs only"
+    if out_dtype not in (torch.bfloat16, torch.float16):
+        return "the CUDA FP8 GEMM writes bfloat16 or float16 (float32 output runs on another backend)"
+    if a.shape[1] % 16 or b.shape[0] % 16:
+        return f"K and N must be multiples of 16 for TMA; got K={a.shape[1]}, N={b.shape[0]}"
+    if any(t is not None and t.numel() and t.data_ptr() % 16 for t in (a, b, bias)):
+        return "a, b and bias must be 16-byte aligned for TMA"
+    return None
+
+
+registry.register(
+    "fp8_gemm", "native", {"cuda": "verified"}, available=_availability("fp8_gemm"), supports=_fp8_gemm_supports
+)(_forward("fp8_gemm"))

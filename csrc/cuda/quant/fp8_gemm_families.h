@@ -1,0 +1,28 @@
+// The kernel families of fp8_gemm (granularity x output type), one per .cu file so that each
+// file's CUTLASS instantiations compile as a job of their own. Torch- and CUTLASS-free: the
+// dispatcher (fp8_gemm.cu) includes it.
+#pragma once
+#include <cuda_runtime_api.h>
+
+#include <cstddef>
+
+#include "cuda/quant/fp8_gemm.h"
+
+namespace kernels::cuda::fp8 {
+
+// Problems with m <= kSmallMaxM run the swapped (out^T = b a^T) stream-K kernel of a family,
+// larger ones the plain persistent kernel.
+constexpr int kSmallMaxM = 128;
+
+struct Family {
+  size_t (*workspace_size)(const Fp8GemmArgs& args, int device, int sm_count);
+  cudaError_t (*launch)(const Fp8GemmArgs& args, void* workspace, int device, int sm_count,
+                        cudaStream_t stream);
+};
+
+extern const Family kRowwiseBf16;    // fp8_gemm_rowwise_bf16.cu
+extern const Family kRowwiseFp16;    // fp8_gemm_rowwise_fp16.cu
+extern const Family kBlockwiseBf16;  // fp8_gemm_blockwise_bf16.cu
+extern const Family kBlockwiseFp16;  // fp8_gemm_blockwise_fp16.cu
+
+}  // namespace kernels::cuda::fp8
