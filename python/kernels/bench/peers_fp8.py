@@ -47,9 +47,9 @@ def make(name: str, spec: OpSpec, variant: str, device: torch.device) -> Peer:
 
         def prepare(args):
             a, b, sa, sb, out_dtype, bias = args
-            # cuBLAS reads both blockwise scales K-block-outer: [M, K/128] column-major and
-            # [K/128, N/128] (the transpose of ours, as b is given transposed).
-            return (a, b.T, sa.T.contiguous().T, sb.T.contiguous().T.T, out_dtype, bias)
+            # torch wants scale_a [M, K/128] column-major and scale_b [K/128, N/128] with strides
+            # (1, K/128): the transpose of ours, as b is given transposed.
+            return (a, b.T, sa.T.contiguous().T, sb.T, out_dtype, bias)
 
         return Peer(name, _blockwise, prepare=prepare, outputs=lambda args, out: [out])
 
