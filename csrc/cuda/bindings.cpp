@@ -17,6 +17,7 @@
 #include "cuda/norm/rms_norm.h"
 #include "cuda/quant/fp8_gemm.h"
 #include "cuda/quant/quantize_fp8.h"
+#include "cuda/quant/w4a16.h"
 #include "cuda/rotary/rotary_embedding.h"
 
 namespace kernels::cuda {
@@ -423,6 +424,78 @@ std::tuple<Tensor, Tensor> quantize_fp8(Tensor x, int64_t granularity, std::opti
   return std::make_tuple(q, scales);
 }
 
+// The group tensors of w4a16_gemm: [N, K / group_size], contiguous, on a's device.
+void check_w4a16_group(const Tensor& t, int64_t n, int64_t groups, int32_t device, const char* name) {
+  check_on(t, device, name);
+  KERNELS_CHECK(t.dim() == 2 && t.size(0) == n && t.size(1) == groups && t.is_contiguous(),
+                "w4a16_gemm: ", name, " must be a contiguous [N, K / group_size] = [", n, ", ",
+                groups, "] tensor");
+}
+
+// a float16 / bfloat16 [M <= kW4A16MaxM, K] (float32 and larger M run on another backend); the
+// weight as python/kernels/ops/quant.py has checked it, checked again where a mistake would read
+// out of bounds.
+Tensor w4a16_gemm(Tensor a, Tensor qweight, Tensor scales, std::optional<Tensor> zero_points,
+                  std::optional<Tensor> mins, int64_t group_size) {
+  constexpr const char* op = "w4a16_gemm";
+  const int32_t device = a.get_device_index();
+  check_on(a, device, "w4a16_gemm: a");
+  check_on(qweight, device, "w4a16_gemm: qweight");
+  const ScalarType st = a.scalar_type();
+  KERNELS_CHECK(st == ScalarType::Half || st == ScalarType::BFloat16, op,
+                ": a must be float16 or bfloat16 on CUDA");
+  KERNELS_CHECK(a.dim() == 2 && a.is_contiguous(), op, ": a must be a contiguous [M, K] tensor");
+  const int64_t m = a.size(0), k = a.size(1);
+  KERNELS_CHECK(m <= kW4A16MaxM, op, ": M must be at most ", kW4A16MaxM, " on CUDA, got ", m);
+  KERNELS_CHECK(group_size == 32 || group_size == 64 || group_size == 128, op,
+                ": group_size must be 32, 64 or 128; got ", group_size);
+  KERNELS_CHECK(k > 0 && k % group_size == 0 && k <= (int64_t{1} << 24), op, ": K = ", k,
+                " must be a positive multiple of group_size = ", group_size, " up to 2^24");
+  KERNELS_CHECK(qweight.dim() == 2 && qweight.scalar_type() == ScalarType::Int &&
+                    qweight.is_contiguous() && qweight.size(1) * 8 == k,
+                op, ": qweight must be a contiguous int32 [N, K / 8] tensor (K = ", k, ")");
+  const int64_t n = qweight.size(0), groups = k / group_size;
+  KERNELS_CHECK(n > 0 && n <= (int64_t{1} << 30), op, ": N must be in [1, 2^30]");
+  check_w4a16_group(scales, n, groups, device, "scales");
+  const Dtype scale_dtype = dtype_of(scales, "w4a16_gemm: scales");
+  KERNELS_CHECK(!(zero_points.has_value() && mins.has_value()), op,
+                ": zero_points and mins are exclusive");
+  W4A16Mode mode = W4A16Mode::kSymmetric;
+  const void* extra = nullptr;
+  if (zero_points.has_value()) {
+    check_w4a16_group(*zero_points, n, groups, device, "zero_points");
+    KERNELS_CHECK(zero_points->scalar_type() == ScalarType::Byte, op, ": zero_points must be uint8");
+    mode = W4A16Mode::kZeroPoints;
+    extra = zero_points->const_data_ptr();
+  } else if (mins.has_value()) {
+    check_w4a16_group(*mins, n, groups, device, "mins");
+    KERNELS_CHECK(mins->scalar_type() == scales.scalar_type(), op, ": mins must have scales' dtype");
+    mode = W4A16Mode::kMins;
+    extra = mins->const_data_ptr();
+  }
+  // The kernel reads a and qweight in 16-byte vectors.
+  for (const Tensor* t : {&a, &qweight})
+    KERNELS_CHECK(reinterpret_cast<uintptr_t>(t->const_data_ptr()) % 16 == 0, op,
+                  ": a and qweight must be 16-byte aligned");
+  Tensor out = torch::stable::new_empty(a, {m, n});
+  if (m == 0) return out;
+  const DeviceGuard guard(device);
+  const W4A16Problem problem{out.mutable_data_ptr(),
+                             a.const_data_ptr(),
+                             static_cast<const int32_t*>(qweight.const_data_ptr()),
+                             scales.const_data_ptr(),
+                             extra,
+                             m,
+                             n,
+                             k,
+                             static_cast<int>(group_size),
+                             mode,
+                             st == ScalarType::Half ? Dtype::kFloat16 : Dtype::kBFloat16,
+                             scale_dtype};
+  check_launch(launch_w4a16_gemm(problem, device, current_stream(device)), op);
+  return out;
+}
+
 // blockwise scale_a as the kernels read it: column-major [M, groups] with 16-byte aligned
 // columns of whole 16-byte words (TMA reads M rounded up to 4 rows); any other layout
 // (row-major, or M not a multiple of 4) is copied into one.
@@ -528,5 +601,6 @@ STABLE_TORCH_LIBRARY_IMPL(kernels, CUDA, m) {
   m.impl("merge_attention_states", TORCH_BOX(&kernels::cuda::merge_attention_states));
   m.impl("paged_prefill_attention", TORCH_BOX(&kernels::cuda::paged_prefill_attention));
   m.impl("quantize_fp8", TORCH_BOX(&kernels::cuda::quantize_fp8));
+  m.impl("w4a16_gemm", TORCH_BOX(&kernels::cuda::w4a16_gemm));
   m.impl("fp8_gemm", TORCH_BOX(&kernels::cuda::fp8_gemm));
 }

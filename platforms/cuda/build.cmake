@@ -21,6 +21,7 @@ target_sources(kernels_C PRIVATE
   "${_kernels_cuda_dir}/quant/fp8_gemm_rowwise_bf16.cu"
   "${_kernels_cuda_dir}/quant/fp8_gemm_rowwise_fp16.cu"
   "${_kernels_cuda_dir}/quant/quantize_fp8.cu"
+  "${_kernels_cuda_dir}/quant/w4a16.cu"
   "${_kernels_cuda_dir}/rotary/rotary_embedding.cu")
 
 # CUTLASS 3.x headers (fp8_gemm's kernels) from the nvidia-cutlass wheel, a build requirement:

@@ -82,6 +82,28 @@ def _w4a16_gemm_supports(a, qweight, scales, zero_points, mins, group_size) -> s
         return "zero_points must be a contiguous uint8 tensor"
     if mins is not None and not mins.is_contiguous():
         return "mins must be contiguous"
+    if a.device.type == "cuda":
+        return _w4a16_cuda_declines(a, qweight)
+    return None
+
+
+W4A16_CUDA_MAX_M = 32  # csrc/cuda/quant/w4a16.h: kW4A16MaxM
+
+
+def _w4a16_cuda_declines(a, qweight) -> str | None:
+    # The CUDA kernel (csrc/cuda/quant/w4a16_kernel.cuh) is a decode kernel: tensor cores on
+    # half-precision tokens, at most 32 of them (slower than Triton beyond); Triton takes the rest. Its 16-byte loads need
+    # aligned a and qweight (torch's allocations are; a view at an odd offset is not).
+    if a.dtype not in (torch.float16, torch.bfloat16):
+        return "float32 w4a16_gemm runs natively on the CPU only (Triton takes it on GPUs)"
+    if a.shape[0] > W4A16_CUDA_MAX_M:
+        return f"the CUDA kernel takes M <= {W4A16_CUDA_MAX_M} tokens (Triton takes larger M)"
+    if qweight.shape[0] > 2**30 or a.shape[1] > 2**24:
+        return "the CUDA kernel takes N <= 2^30 and K <= 2^24"
+    if (a.storage_offset() * a.element_size()) % 16 or (qweight.storage_offset() * 4) % 16:
+        return "a and qweight must start 16-byte aligned"
+    if torch.cuda.get_device_capability(a.device) < (8, 0):
+        return "the CUDA kernel needs sm_80 or newer"
     return None
 
 if library.load() is None:
@@ -89,11 +111,10 @@ if library.load() is None:
 for _name, _fn in [*((op, _forward(op)) for op in OPS), ("gelu_and_mul", _gelu_and_mul)]:
     _supports = {"supports": _half_precision_on_gpu} if _name in ATTENTION else {}
     registry.register(_name, "native", PLATFORMS, available=_availability(_name), **_supports)(_fn)
-# CPU only: no CUDA kernel yet.
 registry.register(
     "w4a16_gemm",
     "native",
-    {"cpu": "verified"},
+    PLATFORMS,
     available=_availability("w4a16_gemm"),
     supports=_w4a16_gemm_supports,
 )(_forward("w4a16_gemm"))
