@@ -8,7 +8,8 @@ from ..reference.fp8 import dequantize_a, dequantize_b
 
 
 def _scaled_mm_ok(a, scale_a, scale_b, out_dtype) -> bool:
-    if a.device.type != "cuda" or scale_a.dim() == 2 or out_dtype == torch.float32:
+    # ROCm's FP8 GEMMs take the fnuz variant of e4m3, not this one.
+    if a.device.type != "cuda" or torch.version.hip or scale_a.dim() == 2 or out_dtype == torch.float32:
         return False
     return torch.cuda.get_device_capability(a.device) >= (8, 9)
 
