@@ -10,9 +10,12 @@
 
 namespace kernels::cuda::fp8 {
 
-// Problems with m <= kSmallMaxM run the swapped (out^T = b a^T) stream-K kernel of a family,
-// larger ones the plain persistent kernel.
+// Problems with m <= kSmallMaxM run the swapped (out^T = b a^T) stream-K kernel of a family;
+// larger ones the GEMM as written: row-wise, the large-tile stream-K kernel from kLargeMinM tokens
+// and kLargeMinK deep on, the 128 x 128 ping-pong kernel below (fp8_gemm_kernels.cuh).
 constexpr int kSmallMaxM = 128;
+constexpr int kLargeMinM = 512;
+constexpr int kLargeMinK = 4096;
 
 struct Family {
   size_t (*workspace_size)(const Fp8GemmArgs& args, int device, int sm_count);

@@ -2,11 +2,12 @@
 // instantiates one family. Operands: a e4m3 [M, K] and b e4m3 [N, K], both K-contiguous (a TN
 // GEMM: CUTLASS's row-major A and column-major B); out [M, N] row-major.
 //
-// Two kernels per family, chosen by M (fp8_gemm_families.h):
-// - large M: the GEMM as written, a persistent warp-specialised TMA kernel;
+// Two or three kernels per family, chosen by the problem's size (fp8_gemm_families.h):
 // - small M: swap-AB, out^T[N, M] = b a^T written column-major (= out row-major), so that N fills
 //   the 128-row wgmma tile instead of a handful of tokens, with a stream-K scheduler that splits
-//   K over the SMs when N / 128 tiles cannot fill the chip.
+//   K over the SMs when N / 128 tiles cannot fill the chip;
+// - larger M: the GEMM as written, warp-specialised TMA kernels (persistent or stream-K), with
+//   larger tiles for large M and long K (row-wise).
 // Per-tensor / row-wise scales are applied in the epilogue (an epilogue visitor tree:
 // out = acc * scale_a[m] * scale_b[n] + bias[n]), with FP8 fast accumulation as cuBLAS does;
 // blockwise scales are applied in the mainloop per 128-deep K block (CUTLASS's blockwise-scaled
@@ -247,42 +248,82 @@ struct BlockwiseGemm {
   }
 };
 
-// A family: the small-M kernel up to kSmallMaxM tokens, the large-M one beyond.
-template <class Small, class Large>
+// Forces a stream-K kernel's decomposition of the work (its heuristic, at 8192^3 with 128 x 256
+// tiles, ran at 0.84 of cuBLAS's speed; stream-K forced, 0.90).
+template <class Base, cutlass::gemm::kernel::detail::DecompositionMode kMode>
+struct WithDecomposition : Base {
+  static typename Base::Gemm::Arguments arguments(const Fp8GemmArgs& p, int device, int sm_count) {
+    typename Base::Gemm::Arguments args = Base::arguments(p, device, sm_count);
+    args.scheduler.decomposition_mode = kMode;
+    return args;
+  }
+};
+
+template <class T>
+struct TypeTag {
+  using type = T;
+};
+
+// A family: the small-M kernel up to kSmallMaxM tokens; beyond, Large where it is given and the
+// problem is large enough (M >= kLargeMinM, K >= kLargeMinK), else Mid.
+template <class Small, class Mid, class Large = void>
 struct FamilyOf {
+  template <class F>
+  static auto dispatch(const Fp8GemmArgs& p, F&& f) {
+    if (p.m <= kSmallMaxM) return f(TypeTag<Small>{});
+    if constexpr (!std::is_void_v<Large>) {
+      if (p.m >= kLargeMinM && p.k >= kLargeMinK) return f(TypeTag<Large>{});
+    }
+    return f(TypeTag<Mid>{});
+  }
   static size_t workspace_size(const Fp8GemmArgs& p, int device, int sm_count) {
-    if (p.m <= kSmallMaxM)
-      return Small::Gemm::get_workspace_size(Small::arguments(p, device, sm_count));
-    return Large::Gemm::get_workspace_size(Large::arguments(p, device, sm_count));
+    return dispatch(p, [&](auto tag) -> size_t {
+      using G = typename decltype(tag)::type;
+      return G::Gemm::get_workspace_size(G::arguments(p, device, sm_count));
+    });
   }
   static cudaError_t launch(const Fp8GemmArgs& p, void* workspace, int device, int sm_count,
                             cudaStream_t stream) {
-    if (p.m <= kSmallMaxM)
-      return run_gemm<typename Small::Gemm>(Small::arguments(p, device, sm_count), workspace, stream);
-    return run_gemm<typename Large::Gemm>(Large::arguments(p, device, sm_count), workspace, stream);
+    return dispatch(p, [&](auto tag) -> cudaError_t {
+      using G = typename decltype(tag)::type;
+      return run_gemm<typename G::Gemm>(G::arguments(p, device, sm_count), workspace, stream);
+    });
   }
   static constexpr Family family() { return {&workspace_size, &launch}; }
 };
 
-// The tile configs (M x N x K tile of the GEMM as the kernel sees it, cluster):
-using Tile128 = Shape<_128, _128, _128>;
+// The tile configs (M x N x K tile of the GEMM as the kernel sees it, cluster), picked by an H100
+// sweep at 8192^3 and DeepSeek-V3 shapes against cuBLAS (numbers in the commit that set them):
 using StreamK = cutlass::gemm::StreamKScheduler;
 using Persistent = cutlass::gemm::PersistentScheduler;
+using SwappedTile = Shape<_128, _64, _128>;  // 128 channels x 64 tokens
+using Tile128 = Shape<_128, _128, _128>;
+constexpr auto kStreamKDecomposition = cutlass::gemm::kernel::detail::DecompositionMode::StreamK;
 
 template <class ElementD>
 using RowwiseFamily = FamilyOf<
-    // small M, swapped: 128 channels x 128 tokens per tile, K split over the SMs.
-    RowwiseGemm<ElementD, Tile128, Shape<_1, _1, _1>,
+    // small M, swapped: 128 channels x 64 tokens per tile, K split over the SMs where the
+    // channel tiles cannot fill the chip.
+    RowwiseGemm<ElementD, SwappedTile, Shape<_1, _1, _1>,
                 cutlass::gemm::KernelTmaWarpSpecializedCooperativeFP8FastAccum,
                 cutlass::epilogue::TmaWarpSpecializedCooperative, StreamK, true>,
-    // large M: ping-pong (one warp group's epilogue hides under the other's MMAs), pairs of CTAs
-    // along M sharing b's tile by TMA multicast.
+    // middle M, and short K: ping-pong (one warp group's epilogue hides under the other's MMAs),
+    // pairs of CTAs along M sharing b's tile by TMA multicast.
     RowwiseGemm<ElementD, Tile128, Shape<_2, _1, _1>,
                 cutlass::gemm::KernelTmaWarpSpecializedPingpongFP8FastAccum,
-                cutlass::epilogue::TmaWarpSpecialized, Persistent, false>>;
+                cutlass::epilogue::TmaWarpSpecialized, Persistent, false>,
+    // large M and long K: 128 x 256 cooperative tiles, stream-K over the whole chip (the last,
+    // partial wave of tiles shared out in K slices).
+    WithDecomposition<RowwiseGemm<ElementD, Shape<_128, _256, _128>, Shape<_2, _1, _1>,
+                                  cutlass::gemm::KernelTmaWarpSpecializedCooperativeFP8FastAccum,
+                                  cutlass::epilogue::TmaWarpSpecializedCooperative, StreamK, false>,
+                      kStreamKDecomposition>>;
 
+// Blockwise: 128 x 256 tiles fail the collective's static assertions (CUTLASS 4.2), 256 x 128
+// tiles spill registers. Small M swapped as above; beyond, 128 x 128 tiles under the stream-K
+// scheduler (its heuristic decomposition), pairs of CTAs along N sharing a's tile.
 template <class ElementD>
-using BlockwiseFamily = FamilyOf<BlockwiseGemm<ElementD, Tile128, Shape<_1, _1, _1>, StreamK, true>,
-                                 BlockwiseGemm<ElementD, Tile128, Shape<_1, _2, _1>, Persistent, false>>;
+using BlockwiseFamily = FamilyOf<BlockwiseGemm<ElementD, SwappedTile, Shape<_1, _1, _1>, StreamK, true>,
+                                 BlockwiseGemm<ElementD, Tile128, Shape<_1, _2, _1>, StreamK, false>>;
 
 }  // namespace kernels::cuda::fp8
