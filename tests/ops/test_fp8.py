@@ -25,8 +25,10 @@ OUT_DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 # The products of two e4m3 values are exact in float32; what differs is the order of the float32
 # sums, Hopper's FP8 fast accumulation (a narrower accumulator inside each MMA chain) where a
 # kernel uses it, and the output's rounding.
+# float32 outputs: two float32 sums over K = 7168 in different orders (the reference's and a
+# tensor-core kernel's) differ by ~sqrt(K) * 2^-24 * rms typically, more at a few elements.
 NORM_TOL = {torch.float32: 1e-5, torch.float16: 5e-3, torch.bfloat16: 1e-2}
-ELEM_ATOL = {torch.float32: 1e-5, torch.float16: 5e-3, torch.bfloat16: 1e-2}
+ELEM_ATOL = {torch.float32: 5e-5, torch.float16: 5e-3, torch.bfloat16: 1e-2}
 ELEM_RTOL = {torch.float32: 1e-5, torch.float16: 4e-3, torch.bfloat16: 1e-2}
 
 
@@ -245,7 +247,9 @@ def test_native_opcheck():
     if not library.has_kernel("fp8_gemm", "CUDA"):
         pytest.skip("the library has no CUDA fp8_gemm")
     a, b, sa, sb = _gemm_inputs(64, 256, 512, "token", "cuda")
-    torch.library.opcheck(torch.ops.kernels.fp8_gemm, (a, b, sa, sb, torch.bfloat16, None))
+    # test_schema compares inputs before and after with arithmetic torch has no FP8 kernel for.
+    utils = ("test_autograd_registration", "test_faketensor", "test_aot_dispatch_dynamic")
+    torch.library.opcheck(torch.ops.kernels.fp8_gemm, (a, b, sa, sb, torch.bfloat16, None), test_utils=utils)
 
 
 # ---------------------------------------------------------------------------------------------
