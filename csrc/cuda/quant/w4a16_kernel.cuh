@@ -76,30 +76,32 @@ struct Params {
   int splits;          // CTAs of a cluster along K (1, 2, 4, 8)
 };
 
-// Pair arithmetic of the 16-bit type, on raw 32-bit registers.
+// The 16-bit type's constants: the magic exponent that turns a nibble q into (magic + q), and
+// the pair vector type.
 template <typename T>
-struct Pair;
+struct PairTraits;
 
 template <>
-struct Pair<__nv_bfloat16> {
+struct PairTraits<__nv_bfloat16> {
   static constexpr uint32_t kMagic = 0x43004300u;  // 128 in both halves
   static constexpr float kMagicValue = 128.f;
   using V = __nv_bfloat162;
-  static __device__ __forceinline__ uint32_t splat(float f) { return bit_cast<uint32_t>(__float2bfloat162_rn(f)); }
-  static __device__ __forceinline__ uint32_t sub(uint32_t x, uint32_t y) {
-    return bit_cast<uint32_t>(__hsub2(bit_cast<V>(x), bit_cast<V>(y)));
-  }
-  static __device__ __forceinline__ uint32_t fma(uint32_t x, uint32_t y, uint32_t z) {
-    return bit_cast<uint32_t>(__hfma2(bit_cast<V>(x), bit_cast<V>(y), bit_cast<V>(z)));
-  }
+  static __device__ __forceinline__ V splat2(float f) { return __float2bfloat162_rn(f); }
 };
 
 template <>
-struct Pair<__half> {
+struct PairTraits<__half> {
   static constexpr uint32_t kMagic = 0x64006400u;  // 1024 in both halves
   static constexpr float kMagicValue = 1024.f;
   using V = __half2;
-  static __device__ __forceinline__ uint32_t splat(float f) { return bit_cast<uint32_t>(__float2half2_rn(f)); }
+  static __device__ __forceinline__ V splat2(float f) { return __float2half2_rn(f); }
+};
+
+// Pair arithmetic of the 16-bit type, on raw 32-bit registers.
+template <typename T>
+struct Pair : PairTraits<T> {
+  using V = typename PairTraits<T>::V;
+  static __device__ __forceinline__ uint32_t splat(float f) { return bit_cast<uint32_t>(PairTraits<T>::splat2(f)); }
   static __device__ __forceinline__ uint32_t sub(uint32_t x, uint32_t y) {
     return bit_cast<uint32_t>(__hsub2(bit_cast<V>(x), bit_cast<V>(y)));
   }

@@ -20,7 +20,7 @@ from . import checks
 GRANULARITIES = ("tensor", "token", "group128")
 OUT_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 
-__all__ = ["BLOCK", "FP8", "FP8_MAX", "GRANULARITIES", "blocks", "fp8_gemm", "quantize_fp8", "scale_granularity"]
+__all__ = ["BLOCK", "FP8", "FP8_MAX", "GRANULARITIES", "blocks", "fp8_gemm", "quantize_fp8"]
 
 
 def _dtype_name(dtype) -> str:
@@ -87,9 +87,9 @@ def quantize_fp8(
     return registry.dispatch("quantize_fp8", x, granularity, scale, column_major_scales)
 
 
-def scale_granularity(scale_a: torch.Tensor, scale_b: torch.Tensor, m: int, n: int, k: int) -> str:
-    """``"tensor"``, ``"token"`` (per-token / per-channel, either side may be per-tensor) or
-    ``"block"``, read from the scales' shapes; ValueError naming the argument when they match none."""
+def _check_scales(scale_a: torch.Tensor, scale_b: torch.Tensor, m: int, n: int, k: int) -> None:
+    """The scales fit one granularity (per-tensor / per-token x per-channel, either side may be
+    per-tensor, or blockwise); TypeError / ValueError naming the argument when they fit none."""
     for name, s in (("scale_a", scale_a), ("scale_b", scale_b)):
         if not isinstance(s, torch.Tensor):
             raise TypeError(f"{name} must be a torch.Tensor, got {type(s).__name__}")
@@ -107,13 +107,11 @@ def scale_granularity(scale_a: torch.Tensor, scale_b: torch.Tensor, m: int, n: i
         if not (scale_a.is_contiguous() or scale_a.T.is_contiguous()):
             raise ValueError(f"blockwise scale_a must be row-major or column-major (strides (1, M)); got strides {scale_a.stride()}")
         checks.contiguous("scale_b", scale_b)
-        return "block"
+        return
     for name, s, rows, what in (("scale_a", scale_a, m, "M (per token)"), ("scale_b", scale_b, n, "N (per channel)")):
         if s.dim() != 1 or s.shape[0] not in (1, rows):
             raise ValueError(f"{name} must be [1] (per tensor) or [{rows}] ({what}), or 2-D for blockwise; got shape {tuple(s.shape)}")
         checks.contiguous(name, s)
-    per_tensor = scale_a.shape[0] == 1 and scale_b.shape[0] == 1 and (m != 1 or n != 1)
-    return "tensor" if per_tensor else "token"
 
 
 def fp8_gemm(
@@ -178,7 +176,7 @@ def fp8_gemm(
         raise TypeError(f"out_dtype must be one of {', '.join(map(_dtype_name, OUT_DTYPES))}; got {out_dtype!r}")
     m, k = a.shape
     n = b.shape[0]
-    scale_granularity(scale_a, scale_b, m, n, k)
+    _check_scales(scale_a, scale_b, m, n, k)
     checks.same_device("scale_a", scale_a, "a", a)
     checks.same_device("scale_b", scale_b, "a", a)
     if bias is not None:
