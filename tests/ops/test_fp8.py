@@ -23,8 +23,8 @@ GEMM_KINDS = ["tensor", "token", "block"]
 OUT_DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 # Norm and elementwise bounds for the GEMM's output: |out - ref| <= ATOL * rms(ref) + RTOL * |ref|.
 # The products of two e4m3 values are exact in float32; what differs is the order of the float32
-# sums, Hopper's FP8 fast accumulation (a narrower accumulator inside each MMA chain) where a
-# kernel uses it, and the output's rounding.
+# sums, the tensor cores' narrower FP8 accumulator inside each 128-deep chunk of K (promoted into
+# float32 after each), and the output's rounding.
 # float32 outputs: two float32 sums over K = 7168 in different orders (the reference's and a
 # tensor-core kernel's) differ by ~sqrt(K) * 2^-24 * rms typically, more at a few elements.
 NORM_TOL = {torch.float32: 1e-5, torch.float16: 5e-3, torch.bfloat16: 1e-2}

@@ -11,8 +11,9 @@
 namespace kernels::cuda::fp8 {
 
 // Problems with m <= kSmallMaxM run the swapped (out^T = b a^T) stream-K kernel of a family;
-// larger ones the GEMM as written: row-wise, the large-tile stream-K kernel from kLargeMinM tokens
-// and kLargeMinK deep on, the 128 x 128 ping-pong kernel below (fp8_gemm_kernels.cuh).
+// larger ones the GEMM as written: a stream-K kernel from kLargeMinM tokens and kLargeMinK deep on
+// (row-wise 128 x 256 tiles, blockwise 128 x 128), a persistent 128 x 128 kernel below
+// (fp8_gemm_kernels.cuh).
 constexpr int kSmallMaxM = 128;
 constexpr int kLargeMinM = 512;
 constexpr int kLargeMinK = 4096;

@@ -305,25 +305,27 @@ using RowwiseFamily = FamilyOf<
     // small M, swapped: 128 channels x 64 tokens per tile, K split over the SMs where the
     // channel tiles cannot fill the chip.
     RowwiseGemm<ElementD, SwappedTile, Shape<_1, _1, _1>,
-                cutlass::gemm::KernelTmaWarpSpecializedCooperativeFP8FastAccum,
+                cutlass::gemm::KernelTmaWarpSpecializedCooperative,
                 cutlass::epilogue::TmaWarpSpecializedCooperative, StreamK, true>,
     // middle M, and short K: ping-pong (one warp group's epilogue hides under the other's MMAs),
     // pairs of CTAs along M sharing b's tile by TMA multicast.
     RowwiseGemm<ElementD, Tile128, Shape<_2, _1, _1>,
-                cutlass::gemm::KernelTmaWarpSpecializedPingpongFP8FastAccum,
+                cutlass::gemm::KernelTmaWarpSpecializedPingpong,
                 cutlass::epilogue::TmaWarpSpecialized, Persistent, false>,
     // large M and long K: 128 x 256 cooperative tiles, stream-K over the whole chip (the last,
     // partial wave of tiles shared out in K slices).
     WithDecomposition<RowwiseGemm<ElementD, Shape<_128, _256, _128>, Shape<_2, _1, _1>,
-                                  cutlass::gemm::KernelTmaWarpSpecializedCooperativeFP8FastAccum,
+                                  cutlass::gemm::KernelTmaWarpSpecializedCooperative,
                                   cutlass::epilogue::TmaWarpSpecializedCooperative, StreamK, false>,
                       kStreamKDecomposition>>;
 
 // Blockwise: 128 x 256 tiles fail the collective's static assertions (CUTLASS 4.2), 256 x 128
-// tiles spill registers. Small M swapped as above; beyond, 128 x 128 tiles under the stream-K
-// scheduler (its heuristic decomposition), pairs of CTAs along N sharing a's tile.
+// tiles spill registers. Small M swapped as above; beyond, 128 x 128 tiles with pairs of CTAs along
+// N sharing a's tile: persistent, and under the stream-K scheduler (its heuristic decomposition)
+// for large M with long K, where it won (at K = 1536 it lost to the persistent kernel).
 template <class ElementD>
 using BlockwiseFamily = FamilyOf<BlockwiseGemm<ElementD, SwappedTile, Shape<_1, _1, _1>, StreamK, true>,
+                                 BlockwiseGemm<ElementD, Tile128, Shape<_1, _2, _1>, Persistent, false>,
                                  BlockwiseGemm<ElementD, Tile128, Shape<_1, _2, _1>, StreamK, false>>;
 
 }  // namespace kernels::cuda::fp8

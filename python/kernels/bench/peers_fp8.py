@@ -1,8 +1,8 @@
 """Peers of ``fp8_gemm``: torch's scaled GEMMs (cuBLAS on NVIDIA), each for the granularity it takes.
 
 - ``scaled_mm_tensor`` (``per_tensor``) and ``scaled_mm_rowwise`` (``per_token``):
-  ``torch._scaled_mm`` with scalar / ``[M, 1]`` x ``[1, N]`` scales and fast accumulation (its
-  fastest setting; our kernels of those variants use it too).
+  ``torch._scaled_mm`` with scalar / ``[M, 1]`` x ``[1, N]`` scales and its default accumulation
+  (no ``use_fast_accum``: cuBLAS promotes the tensor cores' sums into float32 as our kernels do).
 - ``scaled_mm_blockwise`` (``block128``): ``torch.nn.functional.scaled_mm`` with the
   ``BlockWise1x128`` and ``BlockWise128x128`` recipes.
 
@@ -21,7 +21,7 @@ NAMES = tuple(VARIANT_OF)
 
 
 def _scaled_mm(a, b_t, scale_a, scale_b, out_dtype, bias):
-    return torch._scaled_mm(a, b_t, scale_a=scale_a, scale_b=scale_b, bias=bias, out_dtype=out_dtype, use_fast_accum=True)
+    return torch._scaled_mm(a, b_t, scale_a=scale_a, scale_b=scale_b, bias=bias, out_dtype=out_dtype)
 
 
 def _blockwise(a, b_t, scale_a, scale_b, out_dtype, bias):
