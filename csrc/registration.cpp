@@ -44,8 +44,9 @@ STABLE_TORCH_LIBRARY(kernels, m) {
       "quantize_fp8(Tensor x, int granularity, Tensor? scale, bool column_major_scales) "
       "-> (Tensor, Tensor)");
   // Scaled FP8 GEMM (python/kernels/ops/fp8.py): (a * scale_a) @ (b * scale_b)^T (+ bias), a
-  // e4m3 [M, K], b e4m3 [N, K]; the granularity is read from the scales' shapes.
+  // e4m3 [M, K], b e4m3 [N, K]; the granularity is read from the scales' shapes; use_fast_accum
+  // allows FP8 fast accumulation (per-tensor / row-wise scales).
   m.def(
       "fp8_gemm(Tensor a, Tensor b, Tensor scale_a, Tensor scale_b, ScalarType out_dtype, "
-      "Tensor? bias) -> Tensor");
+      "Tensor? bias, bool use_fast_accum) -> Tensor");
 }

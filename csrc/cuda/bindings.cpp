@@ -514,7 +514,7 @@ std::pair<Tensor, int64_t> column_major_scales(Tensor scale_a, int64_t m, int64_
 // out_dtype bf16 / fp16 (float32 output runs on another backend); granularity from the scales'
 // shapes as in python/kernels/ops/fp8.py, which has checked them.
 Tensor fp8_gemm(Tensor a, Tensor b, Tensor scale_a, Tensor scale_b, ScalarType out_dtype,
-                std::optional<Tensor> bias) {
+                std::optional<Tensor> bias, bool use_fast_accum) {
   constexpr const char* op = "fp8_gemm";
   const int32_t device = a.get_device_index();
   for (const Tensor* t : {&a, &b, &scale_a, &scale_b}) check_on(*t, device, op);
@@ -558,6 +558,7 @@ Tensor fp8_gemm(Tensor a, Tensor b, Tensor scale_a, Tensor scale_b, ScalarType o
                   op, ": scale_a must be [1] or [M], scale_b [1] or [N]");
     args.scale_a_per_row = scale_a.size(0) > 1;
     args.scale_b_per_row = scale_b.size(0) > 1;
+    args.fast_accum = use_fast_accum;
   }
   if (bias.has_value()) {
     check_on(*bias, device, "fp8_gemm: bias");

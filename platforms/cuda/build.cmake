@@ -20,6 +20,8 @@ target_sources(kernels_C PRIVATE
   "${_kernels_cuda_dir}/quant/fp8_gemm_blockwise_fp16.cu"
   "${_kernels_cuda_dir}/quant/fp8_gemm_rowwise_bf16.cu"
   "${_kernels_cuda_dir}/quant/fp8_gemm_rowwise_fp16.cu"
+  "${_kernels_cuda_dir}/quant/fp8_gemm_rowwise_fast_bf16.cu"
+  "${_kernels_cuda_dir}/quant/fp8_gemm_rowwise_fast_fp16.cu"
   "${_kernels_cuda_dir}/quant/quantize_fp8.cu"
   "${_kernels_cuda_dir}/quant/w4a16.cu"
   "${_kernels_cuda_dir}/rotary/rotary_embedding.cu")
@@ -40,6 +42,7 @@ target_include_directories(kernels_C PRIVATE
 set_source_files_properties(
   "${_kernels_cuda_dir}/quant/fp8_gemm_blockwise_bf16.cu" "${_kernels_cuda_dir}/quant/fp8_gemm_blockwise_fp16.cu"
   "${_kernels_cuda_dir}/quant/fp8_gemm_rowwise_bf16.cu" "${_kernels_cuda_dir}/quant/fp8_gemm_rowwise_fp16.cu"
+  "${_kernels_cuda_dir}/quant/fp8_gemm_rowwise_fast_bf16.cu" "${_kernels_cuda_dir}/quant/fp8_gemm_rowwise_fast_fp16.cu"
   TARGET_DIRECTORY kernels_C PROPERTIES COMPILE_DEFINITIONS NDEBUG)
 # CuTe calls constexpr host functions from host-device code throughout.
 target_compile_options(kernels_C PRIVATE $<$<COMPILE_LANGUAGE:CUDA>:--expt-relaxed-constexpr>)

@@ -30,6 +30,9 @@ OUT_DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 NORM_TOL = {torch.float32: 1e-5, torch.float16: 5e-3, torch.bfloat16: 1e-2}
 ELEM_ATOL = {torch.float32: 5e-5, torch.float16: 5e-3, torch.bfloat16: 1e-2}
 ELEM_RTOL = {torch.float32: 1e-5, torch.float16: 4e-3, torch.bfloat16: 1e-2}
+# use_fast_accum: one narrow accumulator over all of K. At K = 7168 the H100 put a few outputs in a
+# thousand up to ~2% of rms away (the norm bound above still holds).
+FAST_ACCUM_ELEM_ATOL = 3e-2
 
 
 def _backends(op: str, platform: str) -> list[str]:
@@ -168,12 +171,12 @@ def _gemm_inputs(m, n, k, kind, device, column_major=False):
     return a, b, sa, sb
 
 
-def _check_gemm(backend, m, n, k, kind, out_dtype, device="cpu", bias=False, column_major=False):
+def _check_gemm(backend, m, n, k, kind, out_dtype, device="cpu", bias=False, column_major=False, fast_accum=False):
     a, b, sa, sb = _gemm_inputs(m, n, k, kind, device, column_major)
     bias_t = torch.randn(n, device=device).to(out_dtype) if bias else None
     poison_allocator(m * n * 4, device)
     with kernels.backend(backend):
-        out = kernels.fp8_gemm(a, b, sa, sb, out_dtype, bias_t)
+        out = kernels.fp8_gemm(a, b, sa, sb, out_dtype, bias_t, use_fast_accum=fast_accum)
     ref = reference.fp8_gemm(a, b, sa, sb, out_dtype, bias_t)
     assert out.shape == (m, n) and out.dtype == out_dtype and out.is_contiguous()
     if not out.numel():
@@ -182,7 +185,8 @@ def _check_gemm(backend, m, n, k, kind, out_dtype, device="cpu", bias=False, col
     assert not o.isnan().any(), f"{int(o.isnan().sum())} NaN elements (unwritten?)"
     rel = ((o - r).norm() / r.norm()).item()
     assert rel <= NORM_TOL[out_dtype], f"{backend} {kind} {m}x{n}x{k}: relative norm error {rel:.3e}"
-    bad = (o - r).abs() > ELEM_ATOL[out_dtype] * r.pow(2).mean().sqrt() + ELEM_RTOL[out_dtype] * r.abs()
+    atol = max(ELEM_ATOL[out_dtype], FAST_ACCUM_ELEM_ATOL if fast_accum else 0)
+    bad = (o - r).abs() > atol * r.pow(2).mean().sqrt() + ELEM_RTOL[out_dtype] * r.abs()
     if bad.any():
         idx = tuple(bad.nonzero()[0].tolist())
         raise AssertionError(f"{backend} {kind} {m}x{n}x{k}: {int(bad.sum())} elements off, first at {idx}: {o[idx].item()} vs {r[idx].item()}")
@@ -191,6 +195,10 @@ def _check_gemm(backend, m, n, k, kind, out_dtype, device="cpu", bias=False, col
 def _declines(backend, *args) -> bool:
     impl = next(i for i in registry.implementations("fp8_gemm") if i.backend == backend)
     return impl.supports(*args, None) is not None
+
+
+GPU_GEMM_SHAPES = [(64, 128), (72, 200), (256, 384), (1000, 1040), (7168, 1536)]
+GPU_GEMM_LARGE = [(4096, 2048, 7168), (64, 7168, 18432), (2048, 24576, 1536), (128, 18432, 7168)]
 
 
 def _gemm_cases(shapes):
@@ -207,6 +215,7 @@ def test_gemm_cpu(backend, out_dtype):
         _check_gemm(backend, m, n, k, kind, out_dtype)
     _check_gemm(backend, 5, 130, 256, "token", out_dtype, bias=True)
     _check_gemm(backend, 5, 130, 256, "block", out_dtype, bias=True, column_major=True)
+    _check_gemm(backend, 5, 130, 256, "token", out_dtype, fast_accum=True)
 
 
 def test_gemm_mixed_scales_cpu():
@@ -226,9 +235,7 @@ def test_gemm_mixed_scales_cpu():
 def test_gemm_gpu(backend, out_dtype, kind):
     if backend not in _backends("fp8_gemm", "cuda"):
         pytest.skip(f"no {backend} fp8_gemm for CUDA here")
-    shapes = [(64, 128), (72, 200), (256, 384), (1000, 1040), (7168, 1536)]
-    cases = [(m, n, k) for m in (0, 1, 7, 64, 100, 333) for n, k in shapes]
-    cases += [(4096, 2048, 7168), (64, 7168, 18432), (2048, 24576, 1536), (128, 18432, 7168)]
+    cases = [(m, n, k) for m in (0, 1, 7, 64, 100, 333) for n, k in GPU_GEMM_SHAPES] + GPU_GEMM_LARGE
     ran = 0
     for m, n, k in cases:
         for column_major in ((False, True) if kind == "block" else (False,)):
@@ -243,13 +250,25 @@ def test_gemm_gpu(backend, out_dtype, kind):
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("backend", ["native", "torch"])
+@pytest.mark.parametrize("out_dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("kind", ["tensor", "token"])
+def test_gemm_gpu_fast_accum(backend, out_dtype, kind):
+    if backend not in _backends("fp8_gemm", "cuda"):
+        pytest.skip(f"no {backend} fp8_gemm for CUDA here")
+    for m, n, k in [(m, n, k) for m in (1, 100, 333) for n, k in GPU_GEMM_SHAPES[2:]] + GPU_GEMM_LARGE:
+        _check_gemm(backend, m, n, k, kind, out_dtype, "cuda", fast_accum=True)
+
+
+@pytest.mark.gpu
 def test_native_opcheck():
     if not library.has_kernel("fp8_gemm", "CUDA"):
         pytest.skip("the library has no CUDA fp8_gemm")
     a, b, sa, sb = _gemm_inputs(64, 256, 512, "token", "cuda")
     # test_schema compares inputs before and after with arithmetic torch has no FP8 kernel for.
     utils = ("test_autograd_registration", "test_faketensor", "test_aot_dispatch_dynamic")
-    torch.library.opcheck(torch.ops.kernels.fp8_gemm, (a, b, sa, sb, torch.bfloat16, None), test_utils=utils)
+    for fast_accum in (False, True):
+        torch.library.opcheck(torch.ops.kernels.fp8_gemm, (a, b, sa, sb, torch.bfloat16, None, fast_accum), test_utils=utils)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -293,6 +312,7 @@ def test_gemm_rejects_bad_input():
     _raises(TypeError, "bias must have dtype bfloat16", gemm, a, b, sa, sb, torch.bfloat16, torch.zeros(256))
     _raises(ValueError, r"bias.shape\[0\] must be 256", gemm, a, b, sa, sb, torch.bfloat16, torch.zeros(255, dtype=torch.bfloat16))
     _raises(ValueError, "empty N", gemm, a, b[:0], sa, sb[:0])
+    _raises(TypeError, "use_fast_accum must be a bool", gemm, a, b, sa, sb, use_fast_accum=1)
 
 
 def test_zero_tokens():

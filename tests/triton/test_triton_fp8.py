@@ -102,7 +102,7 @@ def test_gemm(monkeypatch, kind, upcast):
         for column_major in (False, True) if kind == "block" else (False,):
             a, b, sa, sb = _gemm_inputs(m, n, k, kind, column_major)
             bias = torch.randn(n, device=DEVICE).to(out_dtype) if with_bias else None
-            out = fp8.fp8_gemm(a, b, sa, sb, out_dtype, bias)
+            out = fp8.fp8_gemm(a, b, sa, sb, out_dtype, bias, False)
             ref = reference.fp8_gemm(a, b, sa, sb, out_dtype, bias)
             assert out.shape == ref.shape and out.dtype == out_dtype
             o, r = out.double(), ref.double()
@@ -114,4 +114,4 @@ def test_gemm(monkeypatch, kind, upcast):
 
 def test_gemm_zero_tokens():
     a, b, sa, sb = _gemm_inputs(0, 64, 128, "token")
-    assert fp8.fp8_gemm(a, b, sa, sb, torch.bfloat16, None).shape == (0, 64)
+    assert fp8.fp8_gemm(a, b, sa, sb, torch.bfloat16, None, False).shape == (0, 64)

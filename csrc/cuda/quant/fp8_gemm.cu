@@ -9,6 +9,7 @@ namespace {
 const fp8::Family& family_of(const Fp8GemmArgs& args) {
   const bool bf16 = args.out_dtype == Dtype::kBFloat16;
   if (args.blockwise) return bf16 ? fp8::kBlockwiseBf16 : fp8::kBlockwiseFp16;
+  if (args.fast_accum) return bf16 ? fp8::kRowwiseFastBf16 : fp8::kRowwiseFastFp16;
   return bf16 ? fp8::kRowwiseBf16 : fp8::kRowwiseFp16;
 }
 

@@ -23,6 +23,9 @@ struct Fp8GemmArgs {
   bool blockwise;
   // Per-tensor / row-wise: whether scale_a is [m] (else one value) and scale_b [n] (else one).
   bool scale_a_per_row, scale_b_per_row;
+  // Per-tensor / row-wise: FP8 fast accumulation over the whole of K (else promotion into float32
+  // every 128 of K, as blockwise always does).
+  bool fast_accum;
   // Blockwise: scale_a is [m, ceil(k / 128)] column-major with columns scale_a_ld floats apart
   // (scale_a_ld >= m rounded up to 4, a multiple of 4, scale_a 16-byte aligned: the kernels read
   // it by TMA, rows up to that rounding included);

@@ -12,8 +12,8 @@ namespace kernels::cuda::fp8 {
 
 // Problems with m <= kSmallMaxM run the swapped (out^T = b a^T) stream-K kernel of a family;
 // larger ones the GEMM as written: a stream-K kernel from kLargeMinM tokens and kLargeMinK deep on
-// (row-wise 128 x 256 tiles, blockwise 128 x 128), a persistent 128 x 128 kernel below
-// (fp8_gemm_kernels.cuh).
+// (row-wise 128 x 192 tiles, 128 x 256 with fast accumulation; blockwise 128 x 128), a persistent
+// 128 x 128 kernel below (fp8_gemm_kernels.cuh).
 constexpr int kSmallMaxM = 128;
 constexpr int kLargeMinM = 512;
 constexpr int kLargeMinK = 4096;
@@ -26,6 +26,8 @@ struct Family {
 
 extern const Family kRowwiseBf16;    // fp8_gemm_rowwise_bf16.cu
 extern const Family kRowwiseFp16;    // fp8_gemm_rowwise_fp16.cu
+extern const Family kRowwiseFastBf16;  // fp8_gemm_rowwise_fast_bf16.cu
+extern const Family kRowwiseFastFp16;  // fp8_gemm_rowwise_fast_fp16.cu
 extern const Family kBlockwiseBf16;  // fp8_gemm_blockwise_bf16.cu
 extern const Family kBlockwiseFp16;  // fp8_gemm_blockwise_fp16.cu
 

@@ -292,30 +292,47 @@ struct FamilyOf {
   static constexpr Family family() { return {&workspace_size, &launch}; }
 };
 
-// The tile configs (M x N x K tile of the GEMM as the kernel sees it, cluster), picked by an H100
-// sweep at 8192^3 and DeepSeek-V3 shapes against cuBLAS (numbers in the commit that set them):
+// The tile configs (M x N x K tile of the GEMM as the kernel sees it, cluster), picked by H100
+// runs at 8192^3 and DeepSeek-V3 shapes against cuBLAS (benchmarks/NOTES.md, "FP8 GEMM"):
 using StreamK = cutlass::gemm::StreamKScheduler;
 using Persistent = cutlass::gemm::PersistentScheduler;
 using SwappedTile = Shape<_128, _64, _128>;  // 128 channels x 64 tokens
 using Tile128 = Shape<_128, _128, _128>;
 constexpr auto kStreamKDecomposition = cutlass::gemm::kernel::detail::DecompositionMode::StreamK;
 
+// Row-wise / per-tensor, promoting the tensor cores' FP8 sums into float32 every 128 of K (as
+// cuBLAS without fast accumulation). The promotion keeps a second accumulator in registers, so
+// tiles with more than 64 x 128 outputs per warp group spill (ping-pong 128 x 128, cooperative
+// 128 x 256); 128 x 192 cooperative fits.
 template <class ElementD>
 using RowwiseFamily = FamilyOf<
+    RowwiseGemm<ElementD, SwappedTile, Shape<_1, _1, _1>, cutlass::gemm::KernelTmaWarpSpecializedCooperative,
+                cutlass::epilogue::TmaWarpSpecializedCooperative, StreamK, true>,
+    RowwiseGemm<ElementD, Tile128, Shape<_2, _1, _1>, cutlass::gemm::KernelTmaWarpSpecializedCooperative,
+                cutlass::epilogue::TmaWarpSpecializedCooperative, Persistent, false>,
+    WithDecomposition<RowwiseGemm<ElementD, Shape<_128, _192, _128>, Shape<_2, _1, _1>,
+                                  cutlass::gemm::KernelTmaWarpSpecializedCooperative,
+                                  cutlass::epilogue::TmaWarpSpecializedCooperative, StreamK, false>,
+                      kStreamKDecomposition>>;
+
+// Row-wise / per-tensor with FP8 fast accumulation (use_fast_accum): one narrow accumulator over
+// the whole of K, no second register tile.
+template <class ElementD>
+using RowwiseFastFamily = FamilyOf<
     // small M, swapped: 128 channels x 64 tokens per tile, K split over the SMs where the
     // channel tiles cannot fill the chip.
     RowwiseGemm<ElementD, SwappedTile, Shape<_1, _1, _1>,
-                cutlass::gemm::KernelTmaWarpSpecializedCooperative,
+                cutlass::gemm::KernelTmaWarpSpecializedCooperativeFP8FastAccum,
                 cutlass::epilogue::TmaWarpSpecializedCooperative, StreamK, true>,
     // middle M, and short K: ping-pong (one warp group's epilogue hides under the other's MMAs),
     // pairs of CTAs along M sharing b's tile by TMA multicast.
     RowwiseGemm<ElementD, Tile128, Shape<_2, _1, _1>,
-                cutlass::gemm::KernelTmaWarpSpecializedPingpong,
+                cutlass::gemm::KernelTmaWarpSpecializedPingpongFP8FastAccum,
                 cutlass::epilogue::TmaWarpSpecialized, Persistent, false>,
     // large M and long K: 128 x 256 cooperative tiles, stream-K over the whole chip (the last,
     // partial wave of tiles shared out in K slices).
     WithDecomposition<RowwiseGemm<ElementD, Shape<_128, _256, _128>, Shape<_2, _1, _1>,
-                                  cutlass::gemm::KernelTmaWarpSpecializedCooperative,
+                                  cutlass::gemm::KernelTmaWarpSpecializedCooperativeFP8FastAccum,
                                   cutlass::epilogue::TmaWarpSpecializedCooperative, StreamK, false>,
                       kStreamKDecomposition>>;
 

@@ -9,7 +9,7 @@
   peer that cannot be imported or called is skipped with a printed note, never faked.
 - ``bf16_matmul`` (GPU), ``fp32_matmul`` (CPU), for ``w4a16_gemm``: ``torch.matmul`` by the weight
   dequantised to that dtype ahead of time.
-- ``scaled_mm_tensor``, ``scaled_mm_rowwise``, ``scaled_mm_blockwise`` for ``fp8_gemm``
+- ``scaled_mm_tensor``, ``scaled_mm_rowwise``, ``scaled_mm_rowwise_fast``, ``scaled_mm_blockwise`` for ``fp8_gemm``
   (``peers_fp8``): torch's scaled FP8 GEMMs on cuBLAS, each for its granularity.
 - Attention (``peers_attention``): ``sdpa`` (CPU: torch's default SDPA), ``sdpa_cudnn`` and
   ``sdpa_flash`` (GPU: SDPA restricted to one backend) on the same data laid out contiguously, and
@@ -219,7 +219,7 @@ def dense_matmul(spec: OpSpec, name: str) -> Peer:
 
 PEER_NAMES = (
     "torch_eager", "torch_compile", "liger", "sdpa", "sdpa_cudnn", "sdpa_flash", "triton", "bf16_matmul", "fp32_matmul",
-    "scaled_mm_tensor", "scaled_mm_rowwise", "scaled_mm_blockwise",
+    "scaled_mm_tensor", "scaled_mm_rowwise", "scaled_mm_rowwise_fast", "scaled_mm_blockwise",
 )  # fmt: skip
 
 

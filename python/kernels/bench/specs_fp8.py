@@ -5,13 +5,15 @@ Shape ``MxNxK`` (DESIGN.md's GEMM order): ``a [M, K]`` e4m3 times ``b [N, K]`` e
 
 - ``per_tensor``: ``[1]`` and ``[1]``;
 - ``per_token``: ``[M]`` per token and ``[N]`` per channel;
+- ``per_token_fast_accum``: the same with ``use_fast_accum=True``;
 - ``block128``: DeepSeek-V3 blockwise, ``[M, K/128]`` per 1 x 128 activation group (column-major,
   as ``quantize_fp8(..., column_major_scales=True)`` gives it to the TMA GEMMs) and
   ``[N/128, K/128]`` per 128 x 128 weight tile.
 
 Bytes: both operands, the scales and the output, once; flops ``2 * M * N * K``; the ceiling is the
 measured FP8 matmul peak. Peers (bench/peers_fp8.py): torch's own scaled GEMMs on cuBLAS —
-``scaled_mm_tensor``, ``scaled_mm_rowwise`` and ``scaled_mm_blockwise``, each for its variant — and
+``scaled_mm_tensor``, ``scaled_mm_rowwise``, ``scaled_mm_rowwise_fast`` and ``scaled_mm_blockwise``,
+each for its variant — and
 our Triton backend.
 """
 
@@ -24,7 +26,7 @@ from .. import reference as _reference
 from ..ops import fp8 as _fp8
 from .specs import OpSpec, ShapeError, dtype_size
 
-VARIANTS = ("per_tensor", "per_token", "block128")
+VARIANTS = ("per_tensor", "per_token", "per_token_fast_accum", "block128")
 # DeepSeek-V3's projections (N x K), at the token counts of decode batches up to long prefills.
 DEEPSEEK_NK = ((7168, 18432), (18432, 7168), (24576, 1536))
 DEEPSEEK_M = (64, 128, 256, 512, 1024, 2048, 4096)
@@ -35,7 +37,7 @@ def _scale_count(dims, variant) -> int:
     m, n, k = dims
     if variant == "per_tensor":
         return 2
-    if variant == "per_token":
+    if variant.startswith("per_token"):
         return m + n
     return (m + _fp8.blocks(n)) * _fp8.blocks(k)
 
@@ -58,12 +60,13 @@ def _inputs(dims, dtype, device, variant, gen):
     shapes = {
         "per_tensor": ((1,), (1,)),
         "per_token": ((m,), (n,)),
+        "per_token_fast_accum": ((m,), (n,)),
         "block128": ((_fp8.blocks(k), m), (_fp8.blocks(n), _fp8.blocks(k))),
     }[variant]
     sa, sb = ((torch.rand(shape, device=device, generator=gen) + 0.5) * unit for shape in shapes)
     if variant == "block128":
         sa = sa.T  # [M, K/128] with strides (1, M)
-    return (a, b, sa, sb, dtype, None)
+    return (a, b, sa, sb, dtype, None, variant == "per_token_fast_accum")
 
 
 def _validate(text, dims):
@@ -89,11 +92,12 @@ FP8_SPECS: dict[str, OpSpec] = {
         _validate=_validate,
         ceiling="fp8_tflops",
         _flops=_flops,
-        peers={"cuda": ("scaled_mm_tensor", "scaled_mm_rowwise", "scaled_mm_blockwise", "triton"), "cpu": ()},
+        peers={"cuda": ("scaled_mm_tensor", "scaled_mm_rowwise", "scaled_mm_rowwise_fast", "scaled_mm_blockwise", "triton"), "cpu": ()},
         default_cases={
             "cuda": (
                 ("per_tensor", "8192x8192x8192"),
                 *(("per_token", s) for s in ("8192x8192x8192", *DEEPSEEK_SHAPES)),
+                *(("per_token_fast_accum", s) for s in ("8192x8192x8192", *DEEPSEEK_SHAPES)),
                 *(("block128", s) for s in ("8192x8192x8192", *DEEPSEEK_SHAPES)),
             ),
             # FP8 on the CPU is dequantisation (correct, not fast): one small case per variant.

@@ -19,7 +19,7 @@ def _scaled_mm_ok(a, b, scale_a, scale_b, out_dtype) -> bool:
     return torch.cuda.get_device_capability(a.device) >= (8, 9)
 
 
-def fp8_gemm(a, b, scale_a, scale_b, out_dtype, bias):
+def fp8_gemm(a, b, scale_a, scale_b, out_dtype, bias, use_fast_accum):
     m, n = a.shape[0], b.shape[0]
     if m and _scaled_mm_ok(a, b, scale_a, scale_b, out_dtype):
         # _scaled_mm wants both scales [1] (per tensor) or both row-wise ([M, 1], [1, N]).
@@ -27,7 +27,7 @@ def fp8_gemm(a, b, scale_a, scale_b, out_dtype, bias):
             sa, sb = scale_a.view(()), scale_b.view(())
         else:
             sa, sb = scale_a.expand(m).reshape(m, 1), scale_b.expand(n).reshape(1, n)
-        return torch._scaled_mm(a, b.T, scale_a=sa, scale_b=sb, bias=bias, out_dtype=out_dtype)
+        return torch._scaled_mm(a, b.T, scale_a=sa, scale_b=sb, bias=bias, out_dtype=out_dtype, use_fast_accum=use_fast_accum)
     out = dequantize_a(a, scale_a) @ dequantize_b(b, scale_b).T
     if bias is not None:
         out += bias

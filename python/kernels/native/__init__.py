@@ -133,7 +133,7 @@ registry.register("quantize_fp8", "native", {"cuda": "verified"}, available=_ava
 )
 
 
-def _fp8_gemm_supports(a, b, scale_a, scale_b, out_dtype, bias) -> str | None:
+def _fp8_gemm_supports(a, b, scale_a, scale_b, out_dtype, bias, use_fast_accum) -> str | None:
     # The CUTLASS kernels (csrc/cuda/quant/fp8_gemm*): wgmma and TMA, sm_90a instructions; TMA
     # moves 16-byte aligned rows.
     if torch.cuda.get_device_capability(a.device) != (9, 0):

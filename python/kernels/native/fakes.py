@@ -58,5 +58,5 @@ def register_fakes() -> None:
         return q, x.new_empty((m, groups), dtype=torch.float32)
 
     @torch.library.register_fake("kernels::fp8_gemm")
-    def _(a, b, scale_a, scale_b, out_dtype, bias):
+    def _(a, b, scale_a, scale_b, out_dtype, bias, use_fast_accum):
         return a.new_empty((a.shape[0], b.shape[0]), dtype=out_dtype)

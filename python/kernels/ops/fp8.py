@@ -121,6 +121,7 @@ def fp8_gemm(
     scale_b: torch.Tensor,
     out_dtype: torch.dtype = torch.bfloat16,
     bias: torch.Tensor | None = None,
+    use_fast_accum: bool = False,
 ) -> torch.Tensor:
     """Scaled FP8 GEMM: ``(a * scale_a) @ (b * scale_b).T (+ bias)``, accumulated in float32.
 
@@ -149,6 +150,12 @@ def fp8_gemm(
         bfloat16 (default), float16 or float32.
     bias : torch.Tensor, optional
         ``[N]`` of ``out_dtype``, added after scaling.
+    use_fast_accum : bool
+        Allow Hopper's FP8 fast accumulation (as ``torch._scaled_mm``'s flag of that name): the
+        tensor cores' narrower accumulator runs over the whole of ``K`` instead of being added into
+        float32 every 128 of ``K``. Faster, and less accurate as ``K`` grows. It changes only the
+        CUDA kernels for per-tensor and per-token scales and ``torch._scaled_mm``; the other
+        backends and blockwise scales accumulate in float32 either way.
 
     Returns
     -------
@@ -159,7 +166,7 @@ def fp8_gemm(
     ------
     TypeError
         ``a`` or ``b`` not float8_e4m3fn, scales not float32, ``out_dtype`` not one of the three,
-        ``bias`` not of ``out_dtype``.
+        ``bias`` not of ``out_dtype``, ``use_fast_accum`` not a bool.
     ValueError
         Wrong ranks, ``b.shape[1] != K``, scale shapes that fit no granularity (the message gives
         the expected shape), a non-contiguous argument, tensors on different devices.
@@ -184,4 +191,6 @@ def fp8_gemm(
         checks.dim_size("bias", bias, 0, n, "N")
         checks.contiguous("bias", bias)
         checks.same_device("bias", bias, "a", a)
-    return registry.dispatch("fp8_gemm", a, b, scale_a, scale_b, out_dtype, bias)
+    if not isinstance(use_fast_accum, bool):
+        raise TypeError(f"use_fast_accum must be a bool; got {type(use_fast_accum).__name__}")
+    return registry.dispatch("fp8_gemm", a, b, scale_a, scale_b, out_dtype, bias, use_fast_accum)

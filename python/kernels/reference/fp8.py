@@ -62,7 +62,7 @@ def dequantize_b(b: torch.Tensor, scale_b: torch.Tensor) -> torch.Tensor:
     return b.float() * (scale_b.float()[:, None] if scale_b.numel() == n and n != 1 else scale_b.float())
 
 
-def fp8_gemm(a, b, scale_a, scale_b, out_dtype, bias):
+def fp8_gemm(a, b, scale_a, scale_b, out_dtype, bias, use_fast_accum=False):
     out = dequantize_a(a, scale_a) @ dequantize_b(b, scale_b).T
     if bias is not None:
         out = out + bias.float()

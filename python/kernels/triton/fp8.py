@@ -327,7 +327,7 @@ def dot_mode(a: torch.Tensor, out_dtype: torch.dtype) -> tuple[bool, bool]:
     return fp32_acc or not native_fp8_dot(a), fp32_acc
 
 
-def fp8_gemm(a, b, scale_a, scale_b, out_dtype, bias):
+def fp8_gemm(a, b, scale_a, scale_b, out_dtype, bias, use_fast_accum):
     m, k = a.shape
     n = b.shape[0]
     out = _util.new_empty((m, n), a, out_dtype)

@@ -1,0 +1,9 @@
+// fp8_gemm kernels for per-tensor / row-wise scales with FP8 fast accumulation, float16 output
+// (fp8_gemm_kernels.cuh).
+#include "cuda/quant/fp8_gemm_kernels.cuh"
+
+namespace kernels::cuda::fp8 {
+
+const Family kRowwiseFastFp16 = RowwiseFastFamily<cutlass::half_t>::family();
+
+}  // namespace kernels::cuda::fp8
