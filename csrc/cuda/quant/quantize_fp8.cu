@@ -18,7 +18,11 @@ constexpr float kAmaxFloor = 1e-10f;
 constexpr int kGroup = 128;
 constexpr int kThreads = 256;
 
-__device__ __forceinline__ float scale_of(float amax) { return fmaxf(amax, kAmaxFloor) / kFp8Max; }
+// IEEE division: under --use_fast_math a plain `/` by the constant becomes a multiply by 1 / 448,
+// one ulp off the reference's scale for about a third of the values of amax.
+__device__ __forceinline__ float scale_of(float amax) {
+  return __fdiv_rn(fmaxf(amax, kAmaxFloor), kFp8Max);
+}
 
 // N elements divided by scale (IEEE division, as the reference: a multiply by 1 / scale could
 // land one code away on a rounding boundary), saturated and rounded to e4m3, stored as N bytes.

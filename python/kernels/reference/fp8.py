@@ -25,20 +25,28 @@ def _expand(scale: torch.Tensor, rows: int, cols: int, row_block: int, col_block
     return scale.float().repeat_interleave(row_block, dim=0)[:rows].repeat_interleave(col_block, dim=1)[:, :cols]
 
 
+def _scale_of(amax: torch.Tensor) -> torch.Tensor:
+    """``max(amax, AMAX_FLOOR) / 448`` as an IEEE float32 division on every device: torch on CUDA
+    turns a division by a Python number into a multiply by its reciprocal, one ulp off for about a
+    third of the values, enough to move codes that sit on a rounding boundary."""
+    floored = amax.clamp_min(AMAX_FLOOR)
+    return floored / torch.full_like(floored, FP8_MAX)
+
+
 def quantize_fp8(x: torch.Tensor, granularity: str, scale: torch.Tensor | None, column_major_scales: bool):
     m, k = x.shape
     xf = x.float()
     if granularity == "tensor":
         amax = xf.abs().amax() if xf.numel() else xf.new_zeros(())  # zero tokens: the floor
-        s = scale.float().reshape(1) if scale is not None else (amax.clamp_min(AMAX_FLOOR) / FP8_MAX).reshape(1)
+        s = scale.float().reshape(1) if scale is not None else _scale_of(amax).reshape(1)
         full = s.expand(m, k)
     elif granularity == "token":
-        s = xf.abs().amax(dim=1).clamp_min(AMAX_FLOOR) / FP8_MAX
+        s = _scale_of(xf.abs().amax(dim=1))
         full = s[:, None].expand(m, k)
     else:  # group128
         pad = blocks(k) * BLOCK - k
         groups = torch.nn.functional.pad(xf.abs(), (0, pad)).view(m, blocks(k), BLOCK)
-        s = groups.amax(dim=2).clamp_min(AMAX_FLOOR) / FP8_MAX
+        s = _scale_of(groups.amax(dim=2))
         full = _expand(s, m, k, 1, BLOCK)
         if column_major_scales:
             s = s.T.contiguous().T
