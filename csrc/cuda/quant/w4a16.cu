@@ -1,5 +1,5 @@
-// w4a16_gemm launcher: picks the token tiles, the split of K over a cluster, the staged pieces of
-// a, and launches (w4a16_kernel.cuh says how the kernel works).
+// w4a16_gemm launcher: picks the tiling by token tiles, the split of K over a cluster and the
+// depth of the copy ring, and launches (w4a16_kernel.cuh says how the kernel works).
 #include <algorithm>
 #include <atomic>
 
@@ -10,51 +10,83 @@
 namespace kernels::cuda {
 namespace {
 
-using w4a16::kThreads;
-
-// Shared memory for the staged a pieces: two CTAs of up to this much (plus nothing else) fit an
-// SM of sm_80 / sm_90 (164 / 227 KB), so the weight stream of two CTAs overlaps.
-constexpr int kPieceBudget = 80 * 1024;
-
 struct DeviceFacts {
   int sms;
   int major;
+  int smem;  // opt-in shared memory per block
 };
 
 DeviceFacts device_facts(int device) {
-  static std::atomic<int> sms[64], major[64];
-  if (device < 0 || device >= 64) return {132, 9};
+  static std::atomic<int> sms[64], major[64], smem[64];
+  if (device < 0 || device >= 64) return {132, 9, 227 * 1024};
   int n = sms[device].load(std::memory_order_relaxed);
   int v = major[device].load(std::memory_order_relaxed);
+  int s = smem[device].load(std::memory_order_relaxed);
   if (n == 0) {
     if (cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, device) != cudaSuccess || n <= 0 ||
-        cudaDeviceGetAttribute(&v, cudaDevAttrComputeCapabilityMajor, device) != cudaSuccess) {
+        cudaDeviceGetAttribute(&v, cudaDevAttrComputeCapabilityMajor, device) != cudaSuccess ||
+        cudaDeviceGetAttribute(&s, cudaDevAttrMaxSharedMemoryPerBlockOptin, device) != cudaSuccess) {
       (void)cudaGetLastError();
-      return {132, 8};  // no clusters when unsure
+      return {132, 8, 99 * 1024};  // no clusters, little shared memory when unsure
     }
     major[device].store(v, std::memory_order_relaxed);
+    smem[device].store(s, std::memory_order_relaxed);
     sms[device].store(n, std::memory_order_relaxed);
   }
-  return {n, v};
+  return {n, v, s};
 }
 
-template <typename T, int MT, int WN>
-cudaError_t launch_tiles(const w4a16::Params& prm, size_t smem, int device, cudaStream_t stream) {
-  // Fewer chunks in flight where the accumulators of many token tiles take the registers.
-  constexpr int P = MT <= 2 ? 3 : 2;
-  const auto kernel = w4a16::w4a16_gemm_kernel<T, MT, P, WN>;
-  // Raised once per device to the most any launch asks for (kPieceBudget bounds the pieces and
-  // the partial sums), so that no attribute call happens during graph capture.
+int log2_of(int pow2) { return 31 - __builtin_clz(static_cast<unsigned>(pow2)); }
+
+// Fills the tiling-dependent parameters of C; returns the deepest ring (up to kMaxStages, no
+// deeper than the CTA's stages need) that fits the device's shared memory, and its bytes.
+template <typename C>
+int plan(w4a16::Params& prm, const DeviceFacts& dev, size_t& smem) {
+  const int64_t blocks = ceil_div(prm.n, C::kRows);
+  prm.stages = static_cast<int>(ceil_div(prm.k, C::kStageK));
+  // Split K over a cluster while the channel blocks fill at most half the SMs and every CTA keeps
+  // at least two stages.
+  int splits = 1;
+  while (dev.major >= 9 && splits < w4a16::kMaxSplits && blocks * splits * 2 <= dev.sms &&
+         prm.stages >= splits * 2 * 2)
+    splits *= 2;
+  prm.splits = splits;
+  prm.stages_per_cta = static_cast<int>(ceil_div(prm.stages, splits));
+  prm.row_bytes_a = C::kStageK * 2 + w4a16::kRowPadA;
+  prm.a_stage_bytes = prm.m * prm.row_bytes_a;
+  const int gps = C::kStageK >> prm.group_shift;
+  prm.gps_shift = log2_of(gps);
+  const auto words = [&](int bytes) { return bytes ? (gps * bytes + 3 + 3) / 4 : 0; };
+  prm.s_words = words(prm.scale_bytes);
+  prm.x_words = words(prm.extra_bytes);
+  prm.s_lane_shift = log2_of(next_pow2(prm.s_words));
+  prm.x_lane_shift = log2_of(next_pow2(std::max(prm.x_words, 1)));
+  prm.param_raw_bytes = round_up(C::kRows * (prm.s_words + prm.x_words) * 4, 16);
+  const size_t part = static_cast<size_t>(C::WK) * prm.m * C::kPartStride * sizeof(float);
+  const size_t stage = static_cast<size_t>(C::kWeightBytes) + prm.a_stage_bytes + prm.param_raw_bytes;
+  const size_t terms = static_cast<size_t>(C::kRows) * gps * 8;
+  const int depth = std::min({static_cast<int>((static_cast<size_t>(dev.smem) - terms) / stage),
+                              static_cast<int>(w4a16::kMaxStages), prm.stages_per_cta + 1});
+  prm.pipeline = depth;
+  smem = std::max(part, depth * stage + terms);
+  return smem <= static_cast<size_t>(dev.smem) ? depth : 0;
+}
+
+template <typename T, typename C>
+cudaError_t launch_config(const w4a16::Params& prm, size_t smem, int device, cudaStream_t stream) {
+  const auto kernel = w4a16::w4a16_gemm_kernel<T, C>;
+  // Raised once per device to the most any launch may ask for, so that no attribute call
+  // happens during graph capture.
   static std::atomic<bool> raised[64];
   if (device < 0 || device >= 64 || !raised[device].load(std::memory_order_relaxed)) {
     const cudaError_t e =
-        cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kPieceBudget);
+        cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, device_facts(device).smem);
     if (e != cudaSuccess) return e;
     if (device >= 0 && device < 64) raised[device].store(true, std::memory_order_relaxed);
   }
   cudaLaunchConfig_t cfg = {};
-  cfg.gridDim = dim3(static_cast<unsigned>(ceil_div(prm.n, w4a16::Tiling<WN>::kColumns) * prm.splits));
-  cfg.blockDim = dim3(kThreads);
+  cfg.gridDim = dim3(static_cast<unsigned>(ceil_div(prm.n, C::kRows) * prm.splits));
+  cfg.blockDim = dim3(C::kThreads);
   cfg.dynamicSmemBytes = smem;
   cfg.stream = stream;
   cudaLaunchAttribute cluster = {};
@@ -67,36 +99,28 @@ cudaError_t launch_tiles(const w4a16::Params& prm, size_t smem, int device, cuda
   return cudaLaunchKernelEx(&cfg, kernel, prm);
 }
 
-// Fills the split and piece parameters for WN warps along N, then launches.
-template <int WN>
-cudaError_t launch_wn(w4a16::Params prm, Dtype dtype, int device, cudaStream_t stream) {
-  using Tl = w4a16::Tiling<WN>;
-  constexpr int kWarpsK = Tl::kWarpsK;
-  // Split K over a cluster while the channel blocks fill less than ~2.5 CTAs per SM and every
-  // warp keeps at least 2 chunks.
+// The wide tiling when three stages fit (always on sm_90 and sm_80), else the narrow one (two
+// stages fit in 99 KB: sm_86 / sm_89 / sm_120 with fp32 scales and mins at group 32, M 32).
+template <typename T, typename Wide, typename Narrow>
+cudaError_t launch_either(w4a16::Params prm, int device, cudaStream_t stream) {
   const DeviceFacts dev = device_facts(device);
-  const int64_t blocks = ceil_div(prm.n, Tl::kColumns);
-  int splits = 1;
-  while (dev.major >= 9 && splits < w4a16::kMaxSplits && blocks * splits * 2 <= dev.sms * 5 / 2 &&
-         prm.chunks >= splits * 2 * 2 * kWarpsK)
-    splits *= 2;
-  prm.splits = splits;
-  prm.chunks_per_cta = round_up(static_cast<int>(ceil_div(prm.chunks, splits)), kWarpsK);
-  // The largest piece of a (a multiple of kWarpsK chunks) within the budget.
-  const int fit = (kPieceBudget / prm.m - w4a16::kRowPadA) / w4a16::kChunkBytesA;
-  prm.piece_chunks = std::max(kWarpsK, std::min(prm.chunks_per_cta, fit / kWarpsK * kWarpsK));
-  prm.row_bytes_a = prm.piece_chunks * w4a16::kChunkBytesA + w4a16::kRowPadA;
-  const size_t smem =
-      std::max<size_t>(static_cast<size_t>(prm.m) * prm.row_bytes_a,
-                       static_cast<size_t>(kWarpsK) * prm.m * Tl::kPartStride * sizeof(float));
-  if (smem > static_cast<size_t>(kPieceBudget)) return cudaErrorInvalidValue;
-  const auto by_tiles = [&](auto zero) {
-    using T = decltype(zero);
-    if (prm.m <= 8) return launch_tiles<T, 1, WN>(prm, smem, device, stream);
-    if (prm.m <= 16) return launch_tiles<T, 2, WN>(prm, smem, device, stream);
-    return launch_tiles<T, 4, WN>(prm, smem, device, stream);
-  };
-  return dtype == Dtype::kBFloat16 ? by_tiles(__nv_bfloat16{}) : by_tiles(__half{});
+  size_t smem = 0;
+  if (plan<Wide>(prm, dev, smem) >= std::min(3, prm.stages_per_cta + 1))
+    return launch_config<T, Wide>(prm, smem, device, stream);
+  if (plan<Narrow>(prm, dev, smem) >= std::min(2, prm.stages_per_cta + 1))
+    return launch_config<T, Narrow>(prm, smem, device, stream);
+  return cudaErrorInvalidValue;
+}
+
+template <typename T>
+cudaError_t launch_typed(const w4a16::Params& prm, int device, cudaStream_t stream) {
+  using w4a16::Config;
+  // From the H100 runs (benchmarks/NOTES.md): 16 warps of 2 tiles for M <= 8 beat 8 warps of 4
+  // and 512-k stages; for M <= 16, 128 channels per CTA timed like 64 with 1024-k stages, and
+  // re-read half as much of a and keep three stages at group 32.
+  if (prm.m <= 8) return launch_either<T, Config<1, 2, 2, 8>, Config<1, 2, 2, 4>>(prm, device, stream);
+  if (prm.m <= 16) return launch_either<T, Config<2, 4, 2, 4>, Config<2, 2, 2, 4>>(prm, device, stream);
+  return launch_either<T, Config<4, 2, 2, 4>, Config<4, 2, 2, 2>>(prm, device, stream);
 }
 
 int bytes_of(Dtype d) { return d == Dtype::kFloat32 ? 4 : 2; }
@@ -122,18 +146,15 @@ cudaError_t launch_w4a16_gemm(const W4A16Problem& p, int device, cudaStream_t st
   prm.k = static_cast<int>(p.k);
   prm.words = prm.k / 8;
   prm.groups = prm.k / p.group_size;
-  prm.group_shift = p.group_size == 32 ? 5 : p.group_size == 64 ? 6 : 7;
+  prm.group_shift = log2_of(p.group_size);
   prm.mode = static_cast<int>(p.mode);
   prm.scale_dtype = p.scale_dtype;
   prm.scale_bytes = bytes_of(p.scale_dtype);
   prm.extra_bytes = p.mode == W4A16Mode::kSymmetric    ? 0
                     : p.mode == W4A16Mode::kZeroPoints ? 1
                                                        : prm.scale_bytes;
-  prm.chunks = static_cast<int>(ceil_div(p.k, w4a16::kChunk));
-
-  // 2 warps along N x 4 along K: 256-byte runs of each row in flight together. Measured on the
-  // H100 (benchmarks/NOTES.md) against 4 x 2 (128-byte runs) and 1 x 8 (more re-reads of a).
-  return launch_wn<2>(prm, p.dtype, device, stream);
+  return p.dtype == Dtype::kBFloat16 ? launch_typed<__nv_bfloat16>(prm, device, stream)
+                                     : launch_typed<__half>(prm, device, stream);
 }
 
 }  // namespace kernels::cuda

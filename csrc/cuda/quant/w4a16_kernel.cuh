@@ -1,27 +1,36 @@
 // W4A16 GEMM for a few tokens (M <= 32), reading our packed INT4 layout as it is (no re-layout).
 //
-// Tensor cores with the operands swapped: the weight is the 16 x 16 A operand of
-// mma.m16n8k16 (16 output channels), the tokens are the 8 columns of B, so M <= 8 wastes nothing
-// of the weight side. A dot product over k is unchanged by a permutation of k applied to both
-// operands, so each thread takes an actual k range that matches the words it loads: in a chunk of
-// 128 k, thread c = lane % 4 owns k [32 c, 32 c + 32) of rows g and g + 8 (g = lane / 4), one
-// 16-byte load each (four words). Word j of that load (8 nibbles, k 32 c + 8 j + 0..7) feeds the
-// two k-steps 2 j and 2 j + 1: nibbles (e, e + 4), e = 0..3, extracted as one 16-bit pair with the
-// magic exponent (0x4300: bf16 128 + q; 0x6400: fp16 1024 + q), take the fragment slots
-// {2c, 2c+1} and {2c+8, 2c+9} of step 0 (e = 0, 1) and step 1 (e = 2, 3). The tokens' fragments
-// take the same actual k for the same slots. Each thread's 32 k lie in one group (groups are 32,
-// 64 or 128 k), so one scale per row and chunk.
+// Memory: the kernel is a stream of the packed weight (M = 1: 4 bits per weight, nothing
+// reused), so everything serves DRAM efficiency. A CTA owns kRows output channels and walks its
+// share of K in stages of kStageK; each stage's weight tile (kRows rows x kStageK / 2 bytes) is
+// copied into shared memory by cp.async, one warp instruction per 256-512 contiguous bytes of a
+// row, several stages in flight, so that DRAM pages are asked for whole (rows are K / 2 bytes
+// apart; reading them 64-256 bytes at a time through registers reached 0.47 of the read
+// bandwidth, benchmarks/NOTES.md). The tokens' slice of `a` and the stage's scales, zero points
+// or mins ride in the same stage: any load issued outside the ring waits in DRAM's queues behind
+// it, and stalled every stage when the scales were loaded that way.
 //
-// Dequantisation rounds like the other half-precision kernels: (1024 + q) - (1024 + z) is exact,
-// then one rounding for the product with the scale (or the fused q s + m).
+// Arithmetic: tensor cores with the operands swapped: the weight is the 16 x 16 A operand of
+// mma.m16n8k16 (16 channels), the tokens the 8 columns of B, so M <= 8 wastes nothing of the weight
+// side. A dot product over k is unchanged by a permutation of k applied to both operands; here
+// k-steps 2i and 2i + 1 of a 128-k chunk both take the 32 k of words 4i..4i + 3 of each row, thread
+// c = lane % 4 the 8 k of word 4i + c (ldmatrix hands out exactly that from the 16-byte unit i).
+// Word nibbles (e, e + 4), e = 0..3, become one 16-bit pair with the magic exponent
+// ((w >> 4e) & 0x000F000F | 0x4300 4300: bf16 128 + q; 0x6400: fp16 1024 + q), exact, for slots
+// {2c, 2c+1} (e = 2s) and {2c+8, 2c+9} (e = 2s + 1) of step s; the tokens' fragments take the
+// same k. The scale, zero point and min are not applied per weight: every k-step lies in one
+// group of 32 k, so per group and token
+//     sum_k a (s (q - z) + m) = s P + (m - s (magic + z)) A,   P = sum_k a (magic + q), A = sum_k a,
+// with P from the MMAs on the raw pairs, A from one more MMA by an all-ones operand (shared by
+// the warp's tiles), both in float32. One LOP3 (and a shift) per weight pair is all the
+// dequantisation left; the float32 sums keep ~2^-13 relative error after the cancellation of the
+// magic term (within the 16-bit outputs' rounding).
 //
-// Work split: a CTA (8 warps) owns WN x 32 output channels; WN warps side by side take 32
-// channels each, 8 / WN warps interleave along k chunk by chunk (neighbouring 64-byte pieces of
-// each row in flight together: DRAM pages are read while open) and are summed in shared memory. When 128-channel blocks are too few to fill
-// the GPU, a cluster of `splits` CTAs (sm_90) divides K and sums through distributed shared
-// memory: no workspace, no second launch. The weight streams through registers (P chunks in
-// flight per thread, L1 bypassed); the tokens' slice of `a` is staged in shared memory in pieces,
-// permuted so that each fragment read is one conflict-free 16-byte load.
+// Work split: WN x WK warps; warp (wn, wk) takes tiles wn TW .. of 16 channels and chunk wk of
+// every stage; the WK partial sums are added in shared memory at the end. When channel blocks are
+// too few to fill the GPU, a cluster of `splits` CTAs (sm_90) divides K and sums through
+// distributed shared memory: no workspace, no second launch. The per-group terms (s, and the
+// coefficient of A) are computed once per stage by the whole CTA into shared memory.
 #pragma once
 #include <cooperative_groups.h>
 #include <cuda_bf16.h>
@@ -37,23 +46,27 @@
 
 namespace kernels::cuda::w4a16 {
 
-constexpr int kThreads = 256;
-constexpr int kWarps = kThreads / 32;
-constexpr int kTilesN = 2;        // 16-channel tiles per warp
-constexpr int kChunk = 128;       // k per chunk
-constexpr int kChunkBytesA = kChunk * 2;           // bytes of one token's chunk of a
-// A token's row of a staged piece is padded to 64 (mod 128) bytes: the 8 lanes of one phase of a
-// 16-byte shared load (tokens g, g + 1; c = 0..3) then cover all 32 banks.
-constexpr int kRowPadA = 64;
+constexpr int kChunk = 128;    // k per warp and stage
 constexpr int kMaxSplits = 8;  // portable cluster size
+constexpr int kMaxStages = 8;
+// A token's row of a staged slice of a is padded to 64 (mod 128) bytes: the 8 lanes of one
+// phase of a 16-byte shared load (tokens g, g + 1; c = 0..3) then cover all 32 banks.
+constexpr int kRowPadA = 64;
 
-// WN warps side by side along N (32 channels each), kWarps / WN interleaved along K.
-template <int WN>
-struct Tiling {
-  static constexpr int kWarpsN = WN;
-  static constexpr int kWarpsK = kWarps / WN;
-  static constexpr int kColumns = WN * kTilesN * 16;  // output channels per CTA
-  static constexpr int kPartStride = kColumns + 4;   // floats per token of a warp's sums (no conflicts)
+// MT 8-token tiles; warps WN along N (TW 16-channel tiles each) x WK along K (one chunk each).
+template <int MT_, int TW_, int WN_, int WK_>
+struct Config {
+  static constexpr int MT = MT_, TW = TW_, WN = WN_, WK = WK_;
+  static constexpr int kThreads = 32 * WN * WK;
+  static constexpr int kRows = 16 * TW * WN;        // output channels per CTA
+  static constexpr int kStageK = kChunk * WK;       // k per stage
+  static constexpr int kRowBytes = kStageK / 2;     // bytes of a weight row per stage
+  static constexpr int kUnits = kRowBytes / 16;     // 16-byte units of a weight row per stage
+  static constexpr int kWeightBytes = kRows * kRowBytes;
+  static constexpr int kPartStride = kRows + 4;     // floats per token of a warp's sums (no conflicts)
+  // The most group parameters a thread converts per stage (group size 32).
+  static constexpr int kParamsPerThread = (kRows * (kStageK / 32) + kThreads - 1) / kThreads;
+  static_assert(kUnits >= 8, "the 8-way swizzle needs 8 units per row");
 };
 
 struct Params {
@@ -66,253 +79,318 @@ struct Params {
   int words;        // k / 8: int32 words per weight row
   int groups;       // k / group_size
   int group_shift;  // log2(group_size)
+  int gps_shift;    // log2(kStageK / group_size): groups per stage
   int mode;         // W4A16Mode
   int scale_bytes, extra_bytes;
   Dtype scale_dtype;
-  int chunks;          // ceil(k / kChunk)
-  int chunks_per_cta;  // per split, a multiple of kWarpsK
-  int piece_chunks;    // chunks of a staged at a time, a multiple of kWarpsK
-  int row_bytes_a;     // piece_chunks * kChunkBytesA + kRowPadA
-  int splits;          // CTAs of a cluster along K (1, 2, 4, 8)
+  int stages;            // ceil(k / kStageK)
+  int stages_per_cta;    // per split
+  int pipeline;          // stages in the ring (2..kMaxStages)
+  int row_bytes_a;       // kStageK * 2 + kRowPadA
+  int a_stage_bytes;     // m * row_bytes_a
+  // A stage's group parameters per row: 4-byte words covering the row's bytes of scales and of
+  // zero points or mins (one more than their size: a row need not start 4-byte aligned), the
+  // power-of-two lanes that copy them (log2), and the stage's raw bytes (16-aligned).
+  int s_words, x_words, s_lane_shift, x_lane_shift;
+  int param_raw_bytes;
+  int splits;            // CTAs of a cluster along K (1, 2, 4, 8)
 };
 
-// The 16-bit type's constants: the magic exponent that turns a nibble q into (magic + q), and
-// the pair vector type.
 template <typename T>
-struct PairTraits;
-
+struct Magic;
 template <>
-struct PairTraits<__nv_bfloat16> {
-  static constexpr uint32_t kMagic = 0x43004300u;  // 128 in both halves
-  static constexpr float kMagicValue = 128.f;
-  using V = __nv_bfloat162;
-  static __device__ __forceinline__ V splat2(float f) { return __float2bfloat162_rn(f); }
+struct Magic<__nv_bfloat16> {
+  static constexpr uint32_t kPair = 0x43004300u;  // 128 in both halves
+  static constexpr float kValue = 128.f;
+  static constexpr uint32_t kOnes = 0x3F803F80u;
 };
-
 template <>
-struct PairTraits<__half> {
-  static constexpr uint32_t kMagic = 0x64006400u;  // 1024 in both halves
-  static constexpr float kMagicValue = 1024.f;
-  using V = __half2;
-  static __device__ __forceinline__ V splat2(float f) { return __float2half2_rn(f); }
+struct Magic<__half> {
+  static constexpr uint32_t kPair = 0x64006400u;  // 1024 in both halves
+  static constexpr float kValue = 1024.f;
+  static constexpr uint32_t kOnes = 0x3C003C00u;
 };
 
-// Pair arithmetic of the 16-bit type, on raw 32-bit registers.
-template <typename T>
-struct Pair : PairTraits<T> {
-  using V = typename PairTraits<T>::V;
-  static __device__ __forceinline__ uint32_t splat(float f) { return bit_cast<uint32_t>(PairTraits<T>::splat2(f)); }
-  static __device__ __forceinline__ uint32_t sub(uint32_t x, uint32_t y) {
-    return bit_cast<uint32_t>(__hsub2(bit_cast<V>(x), bit_cast<V>(y)));
-  }
-  static __device__ __forceinline__ uint32_t fma(uint32_t x, uint32_t y, uint32_t z) {
-    return bit_cast<uint32_t>(__hfma2(bit_cast<V>(x), bit_cast<V>(y), bit_cast<V>(z)));
-  }
-};
-
-// Nibbles (e, e + 4) of a word shifted right by 4 e, dequantised as a pair: (q - zb') s + m,
-// zb' = magic + zero point (exact), one rounding after.
-template <typename T>
-__device__ __forceinline__ uint32_t dequant_pair(uint32_t shifted, uint32_t zb, uint32_t s, uint32_t m) {
-  return Pair<T>::fma(Pair<T>::sub((shifted & 0x000F000Fu) | Pair<T>::kMagic, zb), s, m);
-}
-
-// 16 bytes of the weight stream: read once, so kept out of L1.
-__device__ __forceinline__ uint4 load_stream(const int32_t* p) {
-  uint4 r;
-  asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];\n"
-               : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w)
-               : "l"(p));
-  return r;
-}
-
-// One scale, zero point or min as raw bits (converted where used, so the load stays in flight).
-__device__ __forceinline__ uint32_t load_param(const void* base, int64_t i, int bytes) {
-  if (bytes == 4) return __ldg(static_cast<const unsigned int*>(base) + i);
-  if (bytes == 2) return __ldg(static_cast<const unsigned short*>(base) + i);
-  return __ldg(static_cast<const unsigned char*>(base) + i);
-}
-
+// Selects rather than branches: inside the unrolled conversion, branches on the dtype and mode
+// were duplicated by the compiler into ~60k instructions, and the instruction cache missed.
 __device__ __forceinline__ float param_float(uint32_t bits, Dtype dtype) {
-  if (dtype == Dtype::kFloat32) return __uint_as_float(bits);
-  if (dtype == Dtype::kFloat16) return __half2float(__ushort_as_half(static_cast<unsigned short>(bits)));
-  return __uint_as_float(bits << 16);
+  const float h = __half2float(__ushort_as_half(static_cast<unsigned short>(bits)));
+  const float b = __uint_as_float(bits << 16);
+  return dtype == Dtype::kFloat32 ? __uint_as_float(bits) : dtype == Dtype::kFloat16 ? h : b;
 }
 
-template <int J>
-__device__ __forceinline__ uint32_t word(const uint4& v) {
-  return J == 0 ? v.x : J == 1 ? v.y : J == 2 ? v.z : v.w;
+// Copies the `bytes` (0..4) first bytes of the 4-aligned word at src into dst, zero-filling the
+// rest (src must be a 4-aligned address even when nothing is read).
+__device__ __forceinline__ void cp_async_4(void* dst, const void* src, int bytes) {
+  const uint32_t d = static_cast<uint32_t>(__cvta_generic_to_shared(dst));
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(d), "l"(src), "r"(bytes) : "memory");
 }
 
-// One chunk's loads for one thread: rows g and g + 8 of each tile (32 k each), and their group's
-// scale and zero point or min.
-struct Stage {
-  uint4 w[kTilesN][2];
-  uint32_t s[kTilesN][2];
-  uint32_t x[kTilesN][2];
-};
+// cp.async.wait_group takes an immediate; the ring depth is chosen at launch.
+__device__ __forceinline__ void cp_async_wait_pending(int n) {
+  switch (n) {
+    case 0: cp_async_wait<0>(); break;
+    case 1: cp_async_wait<1>(); break;
+    case 2: cp_async_wait<2>(); break;
+    case 3: cp_async_wait<3>(); break;
+    case 4: cp_async_wait<4>(); break;
+    case 5: cp_async_wait<5>(); break;
+    default: cp_async_wait<6>(); break;
+  }
+}
 
-// MT: 8-token tiles (M <= 8 MT); P: chunks in flight per thread.
-template <typename T, int MT, int P, int WN>
-__global__ void __launch_bounds__(kThreads, 2) w4a16_gemm_kernel(const Params p) {
-  using Tl = Tiling<WN>;
-  constexpr int kWarpsN = Tl::kWarpsN, kWarpsK = Tl::kWarpsK, kColumns = Tl::kColumns;
-  constexpr int kPartStride = Tl::kPartStride;
+template <typename T, typename C>
+__global__ void __launch_bounds__(C::kThreads, 1) w4a16_gemm_kernel(const Params p) {
+  constexpr int MT = C::MT, TW = C::TW, WN = C::WN, WK = C::WK, kThreads = C::kThreads;
+  constexpr int kRows = C::kRows, kStageK = C::kStageK, kRowBytes = C::kRowBytes, kUnits = C::kUnits;
   char* smem = dynamic_smem();
-  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  char* weight_ring = smem;
+  char* a_ring = weight_ring + p.pipeline * C::kWeightBytes;
+  char* param_ring = a_ring + p.pipeline * p.a_stage_bytes;
+  float2* terms = reinterpret_cast<float2*>(param_ring + p.pipeline * p.param_raw_bytes);  // [group][row]
+
+  const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
   const int g = lane / 4, c = lane % 4;
-  const int wn = warp % kWarpsN, wk = warp / kWarpsN;
+  const int wn = warp % WN, wk = warp / WN;
   const int block = blockIdx.x / p.splits, rank = blockIdx.x % p.splits;
-  const int n_warp = block * kColumns + wn * kTilesN * 16;
-  const int first = rank * p.chunks_per_cta;  // this CTA's first chunk
-  const int count = max(0, min(p.chunks, first + p.chunks_per_cta) - first);
-  const int iters = (count + kWarpsK - 1) / kWarpsK;  // the same in every warp (barriers)
+  const int n0 = block * kRows;
+  const int first = rank * p.stages_per_cta;
+  const int count = max(0, min(p.stages, first + p.stages_per_cta) - first);
+  const int gps = 1 << p.gps_shift;  // groups per stage
+  const int param_entries = kRows << p.gps_shift;
 
-  // Iteration i of this warp works on CTA-local chunk i * kWarpsK + wk.
-  auto load = [&](Stage& st, int i) {
-    const int local = i * kWarpsK + wk;
-    const int kk = (first + local) * kChunk + 32 * c;
-    const bool valid = local < count && kk < p.k;
+  // Copies the bytes of a stage's group parameters, row by row, as 4-byte words from the one
+  // holding the row's first byte; bytes past the row's last group of the stage (past N or the
+  // groups) are not read, and read as zero.
+  auto issue_params = [&](const void* base, int bytes, int words, int lane_shift, int g0, int gcount, char* dst) {
+    const int w = tid & ((1 << lane_shift) - 1);
+    if (w >= words) return;
+    const uintptr_t aligned_base = reinterpret_cast<uintptr_t>(base) & ~uintptr_t{3};
+    for (int row = tid >> lane_shift; row < kRows; row += kThreads >> lane_shift) {
+      const int n = n0 + row;
+      const uintptr_t b0 = reinterpret_cast<uintptr_t>(base) + (static_cast<int64_t>(n) * p.groups + g0) * bytes;
+      const uintptr_t src = (b0 & ~uintptr_t{3}) + 4 * w;
+      const int64_t left = n < p.n ? static_cast<int64_t>(b0 + gcount * bytes) - static_cast<int64_t>(src) : 0;
+      const int take = static_cast<int>(min(int64_t{4}, max(int64_t{0}, left)));
+      cp_async_4(dst + (row * words + w) * 4, reinterpret_cast<const void*>(take > 0 ? src : aligned_base), take);
+    }
+  };
+
+  // Stage j (CTA-local) into ring slot `slot`: the weight rows' units (16 bytes = 32 k) swizzled
+  // by row % 8 so that the 8 rows of an ldmatrix land in distinct banks, the tokens' rows of a,
+  // and the group parameters. Units past N or K are zero-filled: zero codes, zero activations.
+  // This thread's weight units: the same rows and unit in every stage (kThreads is a multiple of
+  // kUnits), so only k moves.
+  constexpr int kIssue = kRows * kUnits / kThreads;
+  static_assert(kRows * kUnits % kThreads == 0 && kThreads % kUnits == 0, "whole units per thread");
+  const int unit = tid % kUnits;
+  const int32_t* wsrc[kIssue];
+  int wdst[kIssue];
+  bool wrow[kIssue];
 #pragma unroll
-    for (int t = 0; t < kTilesN; ++t) {
+  for (int i = 0; i < kIssue; ++i) {
+    const int row = (tid + i * kThreads) / kUnits, n = n0 + row;
+    wrow[i] = n < p.n;
+    wsrc[i] = p.qweight + static_cast<int64_t>(wrow[i] ? n : 0) * p.words + unit * 4;
+    wdst[i] = row * kRowBytes + ((unit ^ (row & 7)) * 16);
+  }
+  auto issue = [&](int j, int slot) {
+    const int k0 = (first + j) * kStageK;
+    char* wdst_stage = weight_ring + slot * C::kWeightBytes;
+    const bool k_ok = k0 + unit * 32 < p.k;
 #pragma unroll
-      for (int h = 0; h < 2; ++h) {
-        const int n = n_warp + t * 16 + h * 8 + g;
-        const bool ok = valid && n < p.n;
-        const int64_t gi = static_cast<int64_t>(n) * p.groups + (kk >> p.group_shift);
-        // Zero words, scales and mins outside the weight: a dequantised zero.
-        st.w[t][h] = ok ? load_stream(p.qweight + static_cast<int64_t>(n) * p.words + kk / 8) : make_uint4(0, 0, 0, 0);
-        st.s[t][h] = ok ? load_param(p.scales, gi, p.scale_bytes) : 0u;
-        st.x[t][h] = ok && p.extra_bytes ? load_param(p.extra, gi, p.extra_bytes) : 0u;
+    for (int i = 0; i < kIssue; ++i) {
+      const bool ok = wrow[i] && k_ok;
+      cp_async_16(wdst_stage + wdst[i], ok ? wsrc[i] + k0 / 8 : p.qweight, ok);
+    }
+    char* adst = a_ring + slot * p.a_stage_bytes;
+    const T* a = static_cast<const T*>(p.a);
+    for (int q = tid; q < p.m * (kStageK / 8); q += kThreads) {
+      const int row = q / (kStageK / 8), u = q % (kStageK / 8);
+      const int kk = k0 + u * 8;
+      const bool ok = kk < p.k;
+      cp_async_16(adst + row * p.row_bytes_a + u * 16, ok ? a + static_cast<int64_t>(row) * p.k + kk : a, ok);
+    }
+    const int g0 = (first + j) * gps, gcount = max(0, min(gps, p.groups - g0));
+    char* pdst = param_ring + slot * p.param_raw_bytes;
+    issue_params(p.scales, p.scale_bytes, p.s_words, p.s_lane_shift, g0, gcount, pdst);
+    if (p.extra_bytes)
+      issue_params(p.extra, p.extra_bytes, p.x_words, p.x_lane_shift, g0, gcount, pdst + kRows * p.s_words * 4);
+  };
+
+  // The raw parameter at byte `at` (from the word holding the row's first byte) of a row copied
+  // by issue_params.
+  auto raw_param = [&](const char* row_words, int at, int bytes) {
+    const uint32_t word = reinterpret_cast<const uint32_t*>(row_words)[at >> 2];
+    const uint32_t v = word >> (8 * (at & 3));
+    return bytes == 4 ? v : v & ((1u << (8 * bytes)) - 1);
+  };
+  // Stage j's group terms (s, m - s (magic + z)) into `terms`, [group][row], from ring slot `slot`.
+  // Zero bytes (past N or K) give (0, 0).
+  auto convert_params = [&](int j, int slot) {
+    const char* raw = param_ring + slot * p.param_raw_bytes;
+    const int g0 = (first + j) * gps;
+    const uint32_t s_base = static_cast<uint32_t>(reinterpret_cast<uintptr_t>(p.scales));
+    const uint32_t x_base = static_cast<uint32_t>(reinterpret_cast<uintptr_t>(p.extra));
+#pragma unroll
+    for (int i = 0; i < C::kParamsPerThread; ++i) {
+      const int e = tid + i * kThreads;
+      if (e < param_entries) {
+        const int row = e >> p.gps_shift, grp = e & (gps - 1);
+        // Only the low two bits matter: wrapping is harmless.
+        const uint32_t first_group = static_cast<uint32_t>(n0 + row) * static_cast<uint32_t>(p.groups) + g0;
+        const int s_at = static_cast<int>((s_base + first_group * p.scale_bytes) & 3) + grp * p.scale_bytes;
+        const uint32_t sb = raw_param(raw + row * p.s_words * 4, s_at, p.scale_bytes);
+        uint32_t xb = 0;
+        if (p.extra_bytes) {
+          const int x_at = static_cast<int>((x_base + first_group * p.extra_bytes) & 3) + grp * p.extra_bytes;
+          xb = raw_param(raw + (kRows * p.s_words + row * p.x_words) * 4, x_at, p.extra_bytes);
+        }
+        const float s = param_float(sb, p.scale_dtype);
+        const bool zp = p.mode == static_cast<int>(W4A16Mode::kZeroPoints);
+        const bool mins = p.mode == static_cast<int>(W4A16Mode::kMins);
+        const float z = zp ? static_cast<float>(xb) : mins ? 0.f : 8.f;
+        const float m = mins ? param_float(xb, p.scale_dtype) : 0.f;
+        terms[grp * kRows + row] = make_float2(s, fmaf(-s, Magic<T>::kValue + z, m));
       }
     }
   };
 
-  // Stages piece `piece` of this CTA's slice of a: token rows of piece_chunks chunks, each 16-byte
-  // unit u = 4 c + j of a chunk (k 32 c + 8 j ..) stored at unit 4 j + c, where lanes c = 0..3
-  // read it together.
-  auto stage_piece = [&](int piece) {
-    const int c0 = piece * p.piece_chunks;
-    const int units = min(p.piece_chunks, count - c0) * (kChunk / 8);
-    const int k0 = (first + c0) * kChunk;
-    for (int row = 0; row < p.m; ++row) {
-      const T* src = static_cast<const T*>(p.a) + static_cast<int64_t>(row) * p.k + k0;
-      char* dst = smem + row * p.row_bytes_a;
-      for (int q = threadIdx.x; q < units && k0 + q * 8 < p.k; q += kThreads) {
-        const int u = q % 16;
-        cp_async_16(dst + (q / 16) * kChunkBytesA + ((u % 4) * 4 + u / 4) * 16, src + q * 8, true);
-      }
-    }
-    cp_async_commit();
-  };
-
-  float acc[kTilesN][MT][4];
+  float acc[TW][MT][4];
 #pragma unroll
-  for (int t = 0; t < kTilesN; ++t)
+  for (int t = 0; t < TW; ++t)
 #pragma unroll
     for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
       for (int r = 0; r < 4; ++r) acc[t][mt][r] = 0.f;
 
-  // The chunk of st (CTA-local `local`) at chunk `lc` of the staged piece.
-  auto compute = [&](const Stage& st, int local, int lc) {
-    const bool kv = (first + local) * kChunk + 32 * c < p.k;  // a partial last chunk
-    uint32_t zb[kTilesN][2], sc[kTilesN][2], mn[kTilesN][2];
+  const uint32_t ones[4] = {Magic<T>::kOnes, Magic<T>::kOnes, Magic<T>::kOnes, Magic<T>::kOnes};
+  const int group_mask = (1 << (p.group_shift - 5)) - 1;  // 32-k pieces per group, less one
+  // ldmatrix: lane l gives row l % 8 of matrix l / 8 = (h, i) = (l / 8 % 2, 2 x + l / 16) in call x.
+  const int lm_row = (lane / 8 % 2) * 8 + lane % 8, lm_piece = lane / 16;
+
+  // This warp's chunk of stage j (CTA-local) in ring slot `slot`.
+  auto compute = [&](int j, int slot) {
+    const int kc = (first + j) * kStageK + wk * kChunk;  // the chunk's first k
+    if (kc >= p.k) return;
+    const char* wst = weight_ring + slot * C::kWeightBytes;
+    const char* ast = a_ring + slot * p.a_stage_bytes + (wk * kChunk + 8 * c) * 2;
+    uint32_t w[TW][2][4];  // [tile][row g / g + 8][piece i]: word 4i + c
 #pragma unroll
-    for (int t = 0; t < kTilesN; ++t) {
+    for (int t = 0; t < TW; ++t) {
+      const int row = (wn * TW + t) * 16 + lm_row;
 #pragma unroll
-      for (int h = 0; h < 2; ++h) {
-        float z = Pair<T>::kMagicValue, add = 0.f;
-        if (p.mode == static_cast<int>(W4A16Mode::kSymmetric)) {
-          z += 8.f;
-        } else if (p.mode == static_cast<int>(W4A16Mode::kZeroPoints)) {
-          z += static_cast<float>(st.x[t][h]);
-        } else {
-          add = param_float(st.x[t][h], p.scale_dtype);
-        }
-        zb[t][h] = Pair<T>::splat(z);
-        sc[t][h] = Pair<T>::splat(param_float(st.s[t][h], p.scale_dtype));
-        mn[t][h] = Pair<T>::splat(add);
+      for (int x = 0; x < 2; ++x) {
+        const int u = wk * 4 + 2 * x + lm_piece;
+        uint32_t r[4];
+        ldmatrix_x4(r, wst + row * kRowBytes + ((u ^ (row & 7)) * 16));
+        w[t][0][2 * x] = r[0];
+        w[t][1][2 * x] = r[1];
+        w[t][0][2 * x + 1] = r[2];
+        w[t][1][2 * x + 1] = r[3];
       }
     }
-    const char* a_chunk = smem + lc * kChunkBytesA + c * 16;
-    auto step = [&](auto J) {
-      constexpr int j = decltype(J)::value;
-      // The tokens' fragments: b[mt][s] for k-step 2 j + s, halves (h_{2s}, h_{2s+4}) and
-      // (h_{2s+1}, h_{2s+5}) of the 8 elements k 32 c + 8 j + 0..7.
+    float P[TW][MT][4], A[MT][4];
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+      for (int r = 0; r < 4; ++r) {
+        A[mt][r] = 0.f;
+#pragma unroll
+        for (int t = 0; t < TW; ++t) P[t][mt][r] = 0.f;
+      }
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      if (kc + 32 * i >= p.k) break;  // K ends inside the chunk (whole groups)
+      // The tokens' fragments of k-steps 2i + s: halves (h_{2s}, h_{2s+4}) and (h_{2s+1}, h_{2s+5})
+      // of a[k 32 i + 8 c + 0..7].
       uint32_t b[MT][2][2];
 #pragma unroll
       for (int mt = 0; mt < MT; ++mt) {
         const int tok = mt * 8 + g;
-        uint4 u = make_uint4(0, 0, 0, 0);
-        if (kv && tok < p.m) u = *reinterpret_cast<const uint4*>(a_chunk + tok * p.row_bytes_a + j * 64);
-        b[mt][0][0] = __byte_perm(u.x, u.z, 0x5410);
-        b[mt][0][1] = __byte_perm(u.x, u.z, 0x7632);
-        b[mt][1][0] = __byte_perm(u.y, u.w, 0x5410);
-        b[mt][1][1] = __byte_perm(u.y, u.w, 0x7632);
+        uint4 v = make_uint4(0, 0, 0, 0);
+        if (tok < p.m) v = *reinterpret_cast<const uint4*>(ast + tok * p.row_bytes_a + i * 64);
+        b[mt][0][0] = __byte_perm(v.x, v.z, 0x5410);
+        b[mt][0][1] = __byte_perm(v.x, v.z, 0x7632);
+        b[mt][1][0] = __byte_perm(v.y, v.w, 0x5410);
+        b[mt][1][1] = __byte_perm(v.y, v.w, 0x7632);
+        mma_16816<T>(A[mt], ones, b[mt][0][0], b[mt][0][1]);
+        mma_16816<T>(A[mt], ones, b[mt][1][0], b[mt][1][1]);
       }
 #pragma unroll
-      for (int t = 0; t < kTilesN; ++t) {
-        uint32_t q[2][4];  // [row g / g + 8][nibbles (e, e + 4)]
+      for (int t = 0; t < TW; ++t) {
+        uint32_t q[2][4];  // [row g / g + 8][nibbles (e, e + 4)] as magic + q
 #pragma unroll
-        for (int h = 0; h < 2; ++h) {
-          const uint32_t w = word<j>(st.w[t][h]);
+        for (int h = 0; h < 2; ++h)
 #pragma unroll
-          for (int e = 0; e < 4; ++e) q[h][e] = dequant_pair<T>(w >> (4 * e), zb[t][h], sc[t][h], mn[t][h]);
-        }
+          for (int e = 0; e < 4; ++e) q[h][e] = ((w[t][h][i] >> (4 * e)) & 0x000F000Fu) | Magic<T>::kPair;
 #pragma unroll
         for (int s = 0; s < 2; ++s) {
           const uint32_t frag[4] = {q[0][2 * s], q[1][2 * s], q[0][2 * s + 1], q[1][2 * s + 1]};
 #pragma unroll
-          for (int mt = 0; mt < MT; ++mt) mma_16816<T>(acc[t][mt], frag, b[mt][s][0], b[mt][s][1]);
+          for (int mt = 0; mt < MT; ++mt) mma_16816<T>(P[t][mt], frag, b[mt][s][0], b[mt][s][1]);
         }
       }
-    };
-    step(std::integral_constant<int, 0>{});
-    step(std::integral_constant<int, 1>{});
-    step(std::integral_constant<int, 2>{});
-    step(std::integral_constant<int, 3>{});
-  };
-
-  Stage st[P];
+      if (((i + 1) & group_mask) == 0) {  // the group ends: fold in its scale terms
+        const int grp = (wk * kChunk + 32 * i) >> p.group_shift;
 #pragma unroll
-  for (int s = 0; s < P; ++s) load(st[s], s);
-  if (iters > 0) stage_piece(0);
-  cp_async_wait<0>();
-  __syncthreads();
-  int piece_pos = 0;  // piece-local chunk of this iteration's warp 0
-  for (int i0 = 0; i0 < iters; i0 += P) {
+        for (int t = 0; t < TW; ++t) {
+          const int row = (wn * TW + t) * 16 + g;
+          const float2 lo = terms[grp * kRows + row], hi = terms[grp * kRows + row + 8];
 #pragma unroll
-    for (int s = 0; s < P; ++s) {
-      const int i = i0 + s;
-      if (i < iters) {
-        if (piece_pos == p.piece_chunks) {  // uniform: every warp is at the same iteration
-          __syncthreads();
-          stage_piece(i * kWarpsK / p.piece_chunks);
-          cp_async_wait<0>();
-          __syncthreads();
-          piece_pos = 0;
+          for (int mt = 0; mt < MT; ++mt) {
+            // d0, d1: row g, tokens 2c, 2c + 1; d2, d3: row g + 8. A's rows are all alike.
+            acc[t][mt][0] = fmaf(lo.x, P[t][mt][0], fmaf(lo.y, A[mt][0], acc[t][mt][0]));
+            acc[t][mt][1] = fmaf(lo.x, P[t][mt][1], fmaf(lo.y, A[mt][1], acc[t][mt][1]));
+            acc[t][mt][2] = fmaf(hi.x, P[t][mt][2], fmaf(hi.y, A[mt][0], acc[t][mt][2]));
+            acc[t][mt][3] = fmaf(hi.x, P[t][mt][3], fmaf(hi.y, A[mt][1], acc[t][mt][3]));
+#pragma unroll
+            for (int r = 0; r < 4; ++r) P[t][mt][r] = 0.f;
+          }
         }
-        if (i * kWarpsK + wk < count) compute(st[s], i * kWarpsK + wk, piece_pos + wk);
-        load(st[s], i + P);
-        piece_pos += kWarpsK;
+#pragma unroll
+        for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+          for (int r = 0; r < 4; ++r) A[mt][r] = 0.f;
       }
     }
+  };
+
+  // The ring: stages j + 1 .. j + pipeline - 1 in flight while stage j is computed. The first
+  // barrier frees the slot that the next copy overwrites and the terms of stage j - 1; the second
+  // publishes stage j's terms.
+#pragma unroll 1
+  for (int j = 0; j < p.pipeline - 1; ++j) {
+    if (j < count) issue(j, j);
+    cp_async_commit();
+  }
+  int slot = 0;  // stage j's
+#pragma unroll 1
+  for (int j = 0; j < count; ++j) {
+    cp_async_wait_pending(p.pipeline - 2);
+    __syncthreads();
+    if (j + p.pipeline - 1 < count) issue(j + p.pipeline - 1, slot == 0 ? p.pipeline - 1 : slot - 1);
+    cp_async_commit();
+    convert_params(j, slot);
+    __syncthreads();
+    compute(j, slot);
+    slot = slot + 1 == p.pipeline ? 0 : slot + 1;
   }
 
   // The warps along K, then the CTAs of the cluster, summed in a fixed order.
-  __syncthreads();  // the pieces of a are dead: the same memory holds the partial sums
-  float* part = reinterpret_cast<float*>(smem);  // [kWarpsK][m][kPartStride]
-  const int slab = p.m * kPartStride;
+  cp_async_wait<0>();
+  __syncthreads();  // the ring is dead: the same memory holds the partial sums
+  float* part = reinterpret_cast<float*>(smem);  // [WK][m][kPartStride]
+  const int slab = p.m * C::kPartStride;
 #pragma unroll
-  for (int t = 0; t < kTilesN; ++t)
+  for (int t = 0; t < TW; ++t)
 #pragma unroll
     for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
       for (int r = 0; r < 4; ++r) {
         const int tok = mt * 8 + 2 * c + (r & 1);
-        const int col = wn * kTilesN * 16 + t * 16 + g + (r >= 2 ? 8 : 0);
-        if (tok < p.m) part[wk * slab + tok * kPartStride + col] = acc[t][mt][r];
+        const int col = (wn * TW + t) * 16 + g + (r >= 2 ? 8 : 0);
+        if (tok < p.m) part[wk * slab + tok * C::kPartStride + col] = acc[t][mt][r];
       }
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   namespace cg = cooperative_groups;
@@ -324,11 +402,11 @@ __global__ void __launch_bounds__(kThreads, 2) w4a16_gemm_kernel(const Params p)
 #else
   __syncthreads();  // splits is 1 before sm_90 (no clusters)
 #endif
-  const int width = kColumns / p.splits;  // this CTA writes channels [rank, rank + 1) * width
+  const int width = kRows / p.splits;  // this CTA writes channels [rank, rank + 1) * width
   T* out = static_cast<T*>(p.out);
-  for (int e = threadIdx.x; e < p.m * width; e += kThreads) {
+  for (int e = tid; e < p.m * width; e += kThreads) {
     const int tok = e / width, col = rank * width + e % width;
-    const int n = block * kColumns + col;
+    const int n = n0 + col;
     if (n >= p.n) continue;
     float v = 0.f;
     for (int r = 0; r < p.splits; ++r) {
@@ -338,7 +416,7 @@ __global__ void __launch_bounds__(kThreads, 2) w4a16_gemm_kernel(const Params p)
       const float* src = part;
 #endif
 #pragma unroll
-      for (int w = 0; w < kWarpsK; ++w) v += src[w * slab + tok * kPartStride + col];
+      for (int w = 0; w < WK; ++w) v += src[w * slab + tok * C::kPartStride + col];
     }
     reinterpret_cast<uint16_t*>(out)[static_cast<int64_t>(tok) * p.n + n] = static_cast<uint16_t>(float_to_bits<T>(v));
   }
