@@ -30,9 +30,12 @@ OUT_DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 NORM_TOL = {torch.float32: 1e-5, torch.float16: 5e-3, torch.bfloat16: 1e-2}
 ELEM_ATOL = {torch.float32: 5e-5, torch.float16: 5e-3, torch.bfloat16: 1e-2}
 ELEM_RTOL = {torch.float32: 1e-5, torch.float16: 4e-3, torch.bfloat16: 1e-2}
-# use_fast_accum: one narrow accumulator over all of K. At K = 7168 the H100 put a few outputs in a
-# thousand up to ~2% of rms away (the norm bound above still holds).
-FAST_ACCUM_ELEM_ATOL = 3e-2
+# use_fast_accum: one narrow accumulator over all of K, whose rounding errors add up along K. On
+# the H100 a few outputs in a thousand came out up to ~0.9% of rms away at K = 1536, ~2% at
+# K = 7168 (our kernels) and ~5% at K = 18432 (cuBLAS): the bound grows with K (the norm bound above
+# still holds).
+FAST_ACCUM_ELEM_ATOL = 2e-2
+FAST_ACCUM_ELEM_ATOL_PER_K = 3e-6
 
 
 def _backends(op: str, platform: str) -> list[str]:
@@ -185,7 +188,7 @@ def _check_gemm(backend, m, n, k, kind, out_dtype, device="cpu", bias=False, col
     assert not o.isnan().any(), f"{int(o.isnan().sum())} NaN elements (unwritten?)"
     rel = ((o - r).norm() / r.norm()).item()
     assert rel <= NORM_TOL[out_dtype], f"{backend} {kind} {m}x{n}x{k}: relative norm error {rel:.3e}"
-    atol = max(ELEM_ATOL[out_dtype], FAST_ACCUM_ELEM_ATOL if fast_accum else 0)
+    atol = max(ELEM_ATOL[out_dtype], FAST_ACCUM_ELEM_ATOL + FAST_ACCUM_ELEM_ATOL_PER_K * k if fast_accum else 0)
     bad = (o - r).abs() > atol * r.pow(2).mean().sqrt() + ELEM_RTOL[out_dtype] * r.abs()
     if bad.any():
         idx = tuple(bad.nonzero()[0].tolist())
