@@ -300,41 +300,39 @@ using SwappedTile = Shape<_128, _64, _128>;  // 128 channels x 64 tokens
 using Tile128 = Shape<_128, _128, _128>;
 constexpr auto kStreamKDecomposition = cutlass::gemm::kernel::detail::DecompositionMode::StreamK;
 
-// Row-wise / per-tensor, promoting the tensor cores' FP8 sums into float32 every 128 of K (as
-// cuBLAS without fast accumulation). The promotion keeps a second accumulator in registers, so
-// tiles with more than 64 x 128 outputs per warp group spill (ping-pong 128 x 128, cooperative
-// 128 x 256); 128 x 192 cooperative fits.
-template <class ElementD>
-using RowwiseFamily = FamilyOf<
-    RowwiseGemm<ElementD, SwappedTile, Shape<_1, _1, _1>, cutlass::gemm::KernelTmaWarpSpecializedCooperative,
+// Row-wise / per-tensor: three tiers, the cooperative schedule of the accumulation mode for the
+// first and last (MidSchedule / MidEpilogue for the middle one):
+// - small M, swapped: 128 channels x 64 tokens per tile, K split over the SMs where the channel
+//   tiles cannot fill the chip;
+// - middle M, and short K: 128 x 128 tiles, pairs of CTAs along M sharing b's tile by TMA
+//   multicast;
+// - large M and long K: LargeTile, stream-K over the whole chip (the last, partial wave of tiles
+//   shared out in K slices).
+template <class ElementD, class CoopSchedule, class MidSchedule, class MidEpilogue, class LargeTile>
+using RowwiseTiers = FamilyOf<
+    RowwiseGemm<ElementD, SwappedTile, Shape<_1, _1, _1>, CoopSchedule,
                 cutlass::epilogue::TmaWarpSpecializedCooperative, StreamK, true>,
-    RowwiseGemm<ElementD, Tile128, Shape<_2, _1, _1>, cutlass::gemm::KernelTmaWarpSpecializedCooperative,
-                cutlass::epilogue::TmaWarpSpecializedCooperative, Persistent, false>,
-    WithDecomposition<RowwiseGemm<ElementD, Shape<_128, _192, _128>, Shape<_2, _1, _1>,
-                                  cutlass::gemm::KernelTmaWarpSpecializedCooperative,
+    RowwiseGemm<ElementD, Tile128, Shape<_2, _1, _1>, MidSchedule, MidEpilogue, Persistent, false>,
+    WithDecomposition<RowwiseGemm<ElementD, LargeTile, Shape<_2, _1, _1>, CoopSchedule,
                                   cutlass::epilogue::TmaWarpSpecializedCooperative, StreamK, false>,
                       kStreamKDecomposition>>;
 
-// Row-wise / per-tensor with FP8 fast accumulation (use_fast_accum): one narrow accumulator over
-// the whole of K, no second register tile.
+// Promoting the tensor cores' FP8 sums into float32 every 128 of K (as cuBLAS without fast
+// accumulation) keeps a second accumulator in registers, so tiles with more than 64 x 192 outputs
+// per warp group spill (ping-pong 128 x 128, cooperative 128 x 256): cooperative everywhere,
+// 128 x 192 for the large tier.
 template <class ElementD>
-using RowwiseFastFamily = FamilyOf<
-    // small M, swapped: 128 channels x 64 tokens per tile, K split over the SMs where the
-    // channel tiles cannot fill the chip.
-    RowwiseGemm<ElementD, SwappedTile, Shape<_1, _1, _1>,
-                cutlass::gemm::KernelTmaWarpSpecializedCooperativeFP8FastAccum,
-                cutlass::epilogue::TmaWarpSpecializedCooperative, StreamK, true>,
-    // middle M, and short K: ping-pong (one warp group's epilogue hides under the other's MMAs),
-    // pairs of CTAs along M sharing b's tile by TMA multicast.
-    RowwiseGemm<ElementD, Tile128, Shape<_2, _1, _1>,
-                cutlass::gemm::KernelTmaWarpSpecializedPingpongFP8FastAccum,
-                cutlass::epilogue::TmaWarpSpecialized, Persistent, false>,
-    // large M and long K: 128 x 256 cooperative tiles, stream-K over the whole chip (the last,
-    // partial wave of tiles shared out in K slices).
-    WithDecomposition<RowwiseGemm<ElementD, Shape<_128, _256, _128>, Shape<_2, _1, _1>,
-                                  cutlass::gemm::KernelTmaWarpSpecializedCooperativeFP8FastAccum,
-                                  cutlass::epilogue::TmaWarpSpecializedCooperative, StreamK, false>,
-                      kStreamKDecomposition>>;
+using RowwiseFamily = RowwiseTiers<ElementD, cutlass::gemm::KernelTmaWarpSpecializedCooperative,
+                                   cutlass::gemm::KernelTmaWarpSpecializedCooperative,
+                                   cutlass::epilogue::TmaWarpSpecializedCooperative, Shape<_128, _192, _128>>;
+
+// FP8 fast accumulation (use_fast_accum): one narrow accumulator over the whole of K, no second
+// register tile, so ping-pong in the middle tier (one warp group's epilogue hides under the
+// other's MMAs) and 128 x 256 tiles for the large one.
+template <class ElementD>
+using RowwiseFastFamily = RowwiseTiers<ElementD, cutlass::gemm::KernelTmaWarpSpecializedCooperativeFP8FastAccum,
+                                       cutlass::gemm::KernelTmaWarpSpecializedPingpongFP8FastAccum,
+                                       cutlass::epilogue::TmaWarpSpecialized, Shape<_128, _256, _128>>;
 
 // Blockwise: 128 x 256 tiles fail the collective's static assertions (CUTLASS 4.2), 256 x 128
 // tiles spill registers. Small M swapped as above; beyond, 128 x 128 tiles with pairs of CTAs along
