@@ -23,6 +23,7 @@
 
 #include "cuda/attention/paged_attention.h"
 #include "cuda/common/async_copy.cuh"
+#include "cuda/common/device.h"
 #include "cuda/common/launch.cuh"
 #include "cuda/common/mma.cuh"
 #include "cuda/common/vec.cuh"
@@ -439,20 +440,6 @@ __global__ void __launch_bounds__(Tiling<D>::kThreads, 4)
   if (!direct) merge_if_last<T, D, GP, kThreads>(p, b, head0, nh, smem);
 }
 
-int sm_count(int device) {
-  static std::atomic<int> cached[64];
-  if (device < 0 || device >= 64) return 132;
-  int n = cached[device].load(std::memory_order_relaxed);
-  if (n == 0) {
-    if (cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, device) != cudaSuccess || n <= 0) {
-      (void)cudaGetLastError();
-      n = 132;
-    }
-    cached[device].store(n, std::memory_order_relaxed);
-  }
-  return n;
-}
-
 // Query heads per CTA: the group, padded to 1, 2, 4 or 8; larger groups take ceil(group / 8) CTAs.
 int group_pad(int group) { return group > 4 ? 8 : group > 2 ? 4 : group; }
 
@@ -524,7 +511,7 @@ int paged_decode_splits(const DecodeShape& shape, int window, int device) {
                   : shape.head_dim == 128 ? occupancy_d<128>(gp)
                                           : occupancy_d<256>(gp);
   const int tile = 8192 / (2 * shape.head_dim);
-  const int64_t slots = static_cast<int64_t>(sm_count(device)) * occ;
+  const int64_t slots = static_cast<int64_t>(device_facts(device).sms) * occ;
   if (ctas * 2 > slots) return 1;
   int64_t tokens = static_cast<int64_t>(shape.max_pages) * shape.page_size;
   if (window > 0 && window < tokens) tokens = window;

@@ -1,5 +1,6 @@
 // fp8_gemm launcher: picks the kernel family by granularity and output type (the families and
 // their CUTLASS kernels live in fp8_gemm_<family>.cu; this file includes no CUTLASS).
+#include "cuda/common/device.h"
 #include "cuda/quant/fp8_gemm.h"
 #include "cuda/quant/fp8_gemm_families.h"
 
@@ -11,12 +12,6 @@ const fp8::Family& family_of(const Fp8GemmArgs& args) {
   if (args.blockwise) return bf16 ? fp8::kBlockwiseBf16 : fp8::kBlockwiseFp16;
   if (args.fast_accum) return bf16 ? fp8::kRowwiseFastBf16 : fp8::kRowwiseFastFp16;
   return bf16 ? fp8::kRowwiseBf16 : fp8::kRowwiseFp16;
-}
-
-int sm_count(int device) {
-  int count = 0;
-  cudaDeviceGetAttribute(&count, cudaDevAttrMultiProcessorCount, device);
-  return count;
 }
 
 }  // namespace
@@ -34,14 +29,14 @@ const char* fp8_gemm_unsupported_reason(int device) {
 }
 
 size_t fp8_gemm_workspace_size(const Fp8GemmArgs& args, int device) {
-  return family_of(args).workspace_size(args, device, sm_count(device));
+  return family_of(args).workspace_size(args, device, device_facts(device).sms);
 }
 
 cudaError_t launch_fp8_gemm(const Fp8GemmArgs& args, void* workspace, int device,
                             cudaStream_t stream) {
   if (args.m == 0) return cudaSuccess;
   if (args.out_dtype == Dtype::kFloat32) return cudaErrorNotSupported;
-  return family_of(args).launch(args, workspace, device, sm_count(device), stream);
+  return family_of(args).launch(args, workspace, device, device_facts(device).sms, stream);
 }
 
 }  // namespace kernels::cuda

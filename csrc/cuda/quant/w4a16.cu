@@ -3,38 +3,13 @@
 #include <algorithm>
 #include <atomic>
 
+#include "cuda/common/device.h"
 #include "cuda/common/launch.cuh"
 #include "cuda/quant/w4a16.h"
 #include "cuda/quant/w4a16_kernel.cuh"
 
 namespace kernels::cuda {
 namespace {
-
-struct DeviceFacts {
-  int sms;
-  int major;
-  int smem;  // opt-in shared memory per block
-};
-
-DeviceFacts device_facts(int device) {
-  static std::atomic<int> sms[64], major[64], smem[64];
-  if (device < 0 || device >= 64) return {132, 9, 227 * 1024};
-  int n = sms[device].load(std::memory_order_relaxed);
-  int v = major[device].load(std::memory_order_relaxed);
-  int s = smem[device].load(std::memory_order_relaxed);
-  if (n == 0) {
-    if (cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, device) != cudaSuccess || n <= 0 ||
-        cudaDeviceGetAttribute(&v, cudaDevAttrComputeCapabilityMajor, device) != cudaSuccess ||
-        cudaDeviceGetAttribute(&s, cudaDevAttrMaxSharedMemoryPerBlockOptin, device) != cudaSuccess) {
-      (void)cudaGetLastError();
-      return {132, 8, 99 * 1024};  // no clusters, little shared memory when unsure
-    }
-    major[device].store(v, std::memory_order_relaxed);
-    smem[device].store(s, std::memory_order_relaxed);
-    sms[device].store(n, std::memory_order_relaxed);
-  }
-  return {n, v, s};
-}
 
 int log2_of(int pow2) { return 31 - __builtin_clz(static_cast<unsigned>(pow2)); }
 

@@ -30,7 +30,7 @@ def _scaled_mm(a, b_t, scale_a, scale_b, out_dtype, bias, use_fast_accum):
     return torch._scaled_mm(a, b_t, scale_a=scale_a, scale_b=scale_b, bias=bias, out_dtype=out_dtype, use_fast_accum=use_fast_accum)
 
 
-def _blockwise(a, b_t, scale_a, scale_b, out_dtype, bias, use_fast_accum):
+def _blockwise(a, b_t, scale_a, scale_b, out_dtype, bias):
     from torch.nn.functional import ScalingType, scaled_mm
 
     return scaled_mm(
@@ -52,10 +52,10 @@ def make(name: str, spec: OpSpec, variant: str, device: torch.device) -> Peer:
             raise PeerUnavailable(f"torch {torch.__version__} has no torch.nn.functional.scaled_mm")
 
         def prepare(args):
-            a, b, sa, sb, out_dtype, bias, fast = args
+            a, b, sa, sb, out_dtype, bias, _ = args  # blockwise has no fast accumulation
             # torch wants scale_a [M, K/128] column-major and scale_b [K/128, N/128] with strides
             # (1, K/128): the transpose of ours, as b is given transposed.
-            return (a, b.T, sa.T.contiguous().T, sb.T, out_dtype, bias, fast)
+            return (a, b.T, sa.T.contiguous().T, sb.T, out_dtype, bias)
 
         return Peer(name, _blockwise, prepare=prepare, outputs=lambda args, out: [out])
 

@@ -33,11 +33,16 @@ DEEPSEEK_M = (64, 128, 256, 512, 1024, 2048, 4096)
 DEEPSEEK_SHAPES = tuple(f"{m}x{n}x{k}" for n, k in DEEPSEEK_NK for m in DEEPSEEK_M)
 
 
+def _granularity(variant: str) -> str:
+    """The scales' granularity of a variant (``per_token_fast_accum`` has ``per_token``'s)."""
+    return variant.removesuffix("_fast_accum")
+
+
 def _scale_count(dims, variant) -> int:
     m, n, k = dims
     if variant == "per_tensor":
         return 2
-    if variant.startswith("per_token"):
+    if _granularity(variant) == "per_token":
         return m + n
     return (m + _fp8.blocks(n)) * _fp8.blocks(k)
 
@@ -60,13 +65,12 @@ def _inputs(dims, dtype, device, variant, gen):
     shapes = {
         "per_tensor": ((1,), (1,)),
         "per_token": ((m,), (n,)),
-        "per_token_fast_accum": ((m,), (n,)),
         "block128": ((_fp8.blocks(k), m), (_fp8.blocks(n), _fp8.blocks(k))),
-    }[variant]
+    }[_granularity(variant)]
     sa, sb = ((torch.rand(shape, device=device, generator=gen) + 0.5) * unit for shape in shapes)
     if variant == "block128":
         sa = sa.T  # [M, K/128] with strides (1, M)
-    return (a, b, sa, sb, dtype, None, variant == "per_token_fast_accum")
+    return (a, b, sa, sb, dtype, None, variant != _granularity(variant))
 
 
 def _validate(text, dims):
