@@ -11,12 +11,14 @@
 namespace kernels::cuda::fp8 {
 
 // Problems with m <= kSmallMaxM run the swapped (out^T = b a^T) stream-K kernel of a family;
-// larger ones the GEMM as written: a stream-K kernel from kLargeMinM tokens and kLargeMinK deep on
-// (row-wise 128 x 192 tiles, 128 x 256 with fast accumulation; blockwise 128 x 128), a persistent
-// 128 x 128 kernel below (fp8_gemm_kernels.cuh).
+// larger ones the GEMM as written (fp8_gemm_kernels.cuh): row-wise 128 x 192 and blockwise
+// 128 x 128 tiles, persistent when they fill at least kMinWaveFillPercent of their waves' slots
+// (one tile per SM each), stream-K otherwise; with fast accumulation, a stream-K 128 x 256 kernel
+// from kLargeMinM tokens and kLargeMinK deep on, a persistent ping-pong 128 x 128 one below.
 constexpr int kSmallMaxM = 128;
 constexpr int kLargeMinM = 512;
 constexpr int kLargeMinK = 4096;
+constexpr int kMinWaveFillPercent = 80;
 
 struct Family {
   size_t (*workspace_size)(const Fp8GemmArgs& args, int device, int sm_count);

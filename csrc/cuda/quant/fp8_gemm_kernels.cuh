@@ -2,15 +2,17 @@
 // instantiates one family. Operands: a e4m3 [M, K] and b e4m3 [N, K], both K-contiguous (a TN
 // GEMM: CUTLASS's row-major A and column-major B); out [M, N] row-major.
 //
-// Two or three kernels per family, chosen by the problem's size (fp8_gemm_families.h):
+// Three kernels per family, chosen by the problem's size (fp8_gemm_families.h):
 // - small M: swap-AB, out^T[N, M] = b a^T written column-major (= out row-major), so that N fills
 //   the 128-row wgmma tile instead of a handful of tokens, with a stream-K scheduler that splits
 //   K over the SMs when N / 128 tiles cannot fill the chip;
-// - larger M: the GEMM as written, warp-specialised TMA kernels (persistent or stream-K), with
-//   larger tiles for large M and long K (row-wise).
+// - larger M: the GEMM as written, warp-specialised TMA kernels, persistent where the tiles fill
+//   their waves and stream-K where they do not, or (fast accumulation) by size: stream-K for
+//   large M with long K.
 // Per-tensor / row-wise scales are applied in the epilogue (an epilogue visitor tree:
-// out = acc * scale_a[m] * scale_b[n] + bias[n]), with FP8 fast accumulation as cuBLAS does;
-// blockwise scales are applied in the mainloop per 128-deep K block (CUTLASS's blockwise-scaled
+// out = acc * scale_a[m] * scale_b[n] + bias[n]); the FP8 sums are promoted into float32 every
+// 128 of K, as cuBLAS does by default, unless use_fast_accum asks for one narrow accumulator.
+// Blockwise scales are applied in the mainloop per 128-deep K block (CUTLASS's blockwise-scaled
 // accumulation), the epilogue adding the bias.
 #pragma once
 #include <cuda_runtime_api.h>
@@ -264,27 +266,43 @@ struct TypeTag {
   using type = T;
 };
 
-// A family: the small-M kernel up to kSmallMaxM tokens; beyond, Large where it is given and the
-// problem is large enough (M >= kLargeMinM, K >= kLargeMinK), else Mid.
-template <class Small, class Mid, class Large = void>
+// Which kernel past the small-M tier: Large where Split::large says so, else Mid.
+// Long problems (fast accumulation): Large from kLargeMinM tokens and kLargeMinK deep.
+struct LongProblems {
+  static bool large(const Fp8GemmArgs& p, int) { return p.m >= kLargeMinM && p.k >= kLargeMinK; }
+};
+// Ragged waves (row-wise, blockwise): the persistent kernel's tiles run in waves of one per SM,
+// so a last wave that is mostly empty idles the chip (7168 columns in 192-wide tiles at 512
+// tokens are 152 tiles, 1.15 waves of 132): below kMinWaveFillPercent of the waves' slots, the
+// stream-K kernel, which shares the last wave's work out in K slices. On full waves the persistent
+// kernel wins by ~3% (H200, benchmarks/NOTES.md).
+template <int kTileM, int kTileN>
+struct RaggedWaves {
+  static bool large(const Fp8GemmArgs& p, int sm_count) {
+    const int64_t tiles = int64_t((p.m + kTileM - 1) / kTileM) * ((p.n + kTileN - 1) / kTileN);
+    const int64_t slots = (tiles + sm_count - 1) / sm_count * sm_count;
+    return tiles * 100 < slots * kMinWaveFillPercent;
+  }
+};
+
+// A family: the small-M kernel up to kSmallMaxM tokens; beyond, Mid or Large as Split decides.
+template <class Small, class Mid, class Large, class Split>
 struct FamilyOf {
   template <class F>
-  static auto dispatch(const Fp8GemmArgs& p, F&& f) {
+  static auto dispatch(const Fp8GemmArgs& p, int sm_count, F&& f) {
     if (p.m <= kSmallMaxM) return f(TypeTag<Small>{});
-    if constexpr (!std::is_void_v<Large>) {
-      if (p.m >= kLargeMinM && p.k >= kLargeMinK) return f(TypeTag<Large>{});
-    }
+    if (Split::large(p, sm_count)) return f(TypeTag<Large>{});
     return f(TypeTag<Mid>{});
   }
   static size_t workspace_size(const Fp8GemmArgs& p, int device, int sm_count) {
-    return dispatch(p, [&](auto tag) -> size_t {
+    return dispatch(p, sm_count, [&](auto tag) -> size_t {
       using G = typename decltype(tag)::type;
       return G::Gemm::get_workspace_size(G::arguments(p, device, sm_count));
     });
   }
   static cudaError_t launch(const Fp8GemmArgs& p, void* workspace, int device, int sm_count,
                             cudaStream_t stream) {
-    return dispatch(p, [&](auto tag) -> cudaError_t {
+    return dispatch(p, sm_count, [&](auto tag) -> cudaError_t {
       using G = typename decltype(tag)::type;
       return run_gemm<typename G::Gemm>(G::arguments(p, device, sm_count), workspace, stream);
     });
@@ -292,55 +310,59 @@ struct FamilyOf {
   static constexpr Family family() { return {&workspace_size, &launch}; }
 };
 
-// The tile configs (M x N x K tile of the GEMM as the kernel sees it, cluster), picked by H100
-// runs at 8192^3 and DeepSeek-V3 shapes against cuBLAS (benchmarks/NOTES.md, "FP8 GEMM"):
+// The tile configs (M x N x K tile of the GEMM as the kernel sees it, cluster), picked by H100 and
+// H200 runs at 8192^3 and DeepSeek-V3 shapes against cuBLAS (benchmarks/NOTES.md, "FP8 GEMM"):
 using StreamK = cutlass::gemm::StreamKScheduler;
 using Persistent = cutlass::gemm::PersistentScheduler;
+using Cooperative = cutlass::gemm::KernelTmaWarpSpecializedCooperative;
+using CooperativeEpilogue = cutlass::epilogue::TmaWarpSpecializedCooperative;
 using SwappedTile = Shape<_128, _64, _128>;  // 128 channels x 64 tokens
 using Tile128 = Shape<_128, _128, _128>;
-constexpr auto kStreamKDecomposition = cutlass::gemm::kernel::detail::DecompositionMode::StreamK;
+using Tile192 = Shape<_128, _192, _128>;
 
-// Row-wise / per-tensor: three tiers, the cooperative schedule of the accumulation mode for the
-// first and last (MidSchedule / MidEpilogue for the middle one):
-// - small M, swapped: 128 channels x 64 tokens per tile, K split over the SMs where the channel
-//   tiles cannot fill the chip;
-// - middle M, and short K: 128 x 128 tiles, pairs of CTAs along M sharing b's tile by TMA
-//   multicast;
-// - large M and long K: LargeTile, stream-K over the whole chip (the last, partial wave of tiles
-//   shared out in K slices).
-template <class ElementD, class CoopSchedule, class MidSchedule, class MidEpilogue, class LargeTile>
-using RowwiseTiers = FamilyOf<
-    RowwiseGemm<ElementD, SwappedTile, Shape<_1, _1, _1>, CoopSchedule,
-                cutlass::epilogue::TmaWarpSpecializedCooperative, StreamK, true>,
-    RowwiseGemm<ElementD, Tile128, Shape<_2, _1, _1>, MidSchedule, MidEpilogue, Persistent, false>,
-    WithDecomposition<RowwiseGemm<ElementD, LargeTile, Shape<_2, _1, _1>, CoopSchedule,
-                                  cutlass::epilogue::TmaWarpSpecializedCooperative, StreamK, false>,
-                      kStreamKDecomposition>>;
+template <class Base>
+using StreamKForced = WithDecomposition<Base, cutlass::gemm::kernel::detail::DecompositionMode::StreamK>;
+// Small M, swapped: 128 channels x 64 tokens per tile, K split over the SMs where the channel
+// tiles cannot fill the chip.
+template <class ElementD, class Schedule>
+using RowwiseSwapped = RowwiseGemm<ElementD, SwappedTile, Shape<_1, _1, _1>, Schedule, CooperativeEpilogue, StreamK, true>;
+// Cooperative, pairs of CTAs along M sharing b's tile by TMA multicast.
+template <class ElementD, class Tile, class Schedule, class Scheduler>
+using RowwisePaired = RowwiseGemm<ElementD, Tile, Shape<_2, _1, _1>, Schedule, CooperativeEpilogue, Scheduler, false>;
 
-// Promoting the tensor cores' FP8 sums into float32 every 128 of K (as cuBLAS without fast
-// accumulation) keeps a second accumulator in registers, so tiles with more than 64 x 192 outputs
-// per warp group spill (ping-pong 128 x 128, cooperative 128 x 256): cooperative everywhere,
-// 128 x 192 for the large tier.
+// Promoting the tensor cores' FP8 sums into float32 every 128 of K keeps a second accumulator in
+// registers, so tiles with more than 64 x 192 outputs per warp group spill (ping-pong 128 x 128,
+// cooperative 128 x 256); ping-pong 64 x 192 or 64 x 128, which fit, ran at 0.5-0.85x cuBLAS (the
+// promotion stalls the one warp group that owns the mainloop). So cooperative 128 x 192 past the
+// small tier, persistent or stream-K by how well the tiles fill their waves: against 128 x 128
+// tiles it gained 10% at K = 1536, where the epilogue is a large share of a tile's time.
 template <class ElementD>
-using RowwiseFamily = RowwiseTiers<ElementD, cutlass::gemm::KernelTmaWarpSpecializedCooperative,
-                                   cutlass::gemm::KernelTmaWarpSpecializedCooperative,
-                                   cutlass::epilogue::TmaWarpSpecializedCooperative, Shape<_128, _192, _128>>;
+using RowwiseFamily = FamilyOf<RowwiseSwapped<ElementD, Cooperative>,
+                               RowwisePaired<ElementD, Tile192, Cooperative, Persistent>,
+                               StreamKForced<RowwisePaired<ElementD, Tile192, Cooperative, StreamK>>,
+                               RaggedWaves<128, 192>>;
 
 // FP8 fast accumulation (use_fast_accum): one narrow accumulator over the whole of K, no second
-// register tile, so ping-pong in the middle tier (one warp group's epilogue hides under the
-// other's MMAs) and 128 x 256 tiles for the large one.
+// register tile, so ping-pong 128 x 128 in the middle tier (one warp group's epilogue hides under
+// the other's MMAs) and 128 x 256 stream-K tiles for long problems.
 template <class ElementD>
-using RowwiseFastFamily = RowwiseTiers<ElementD, cutlass::gemm::KernelTmaWarpSpecializedCooperativeFP8FastAccum,
-                                       cutlass::gemm::KernelTmaWarpSpecializedPingpongFP8FastAccum,
-                                       cutlass::epilogue::TmaWarpSpecialized, Shape<_128, _256, _128>>;
+using RowwiseFastFamily = FamilyOf<
+    RowwiseSwapped<ElementD, cutlass::gemm::KernelTmaWarpSpecializedCooperativeFP8FastAccum>,
+    RowwiseGemm<ElementD, Tile128, Shape<_2, _1, _1>, cutlass::gemm::KernelTmaWarpSpecializedPingpongFP8FastAccum,
+                cutlass::epilogue::TmaWarpSpecialized, Persistent, false>,
+    StreamKForced<RowwisePaired<ElementD, Shape<_128, _256, _128>,
+                                cutlass::gemm::KernelTmaWarpSpecializedCooperativeFP8FastAccum, StreamK>>,
+    LongProblems>;
 
 // Blockwise: 128 x 256 tiles fail the collective's static assertions (CUTLASS 4.2), 256 x 128
-// tiles spill registers. Small M swapped as above; beyond, 128 x 128 tiles with pairs of CTAs along
-// N sharing a's tile: persistent, and under the stream-K scheduler (its heuristic decomposition)
-// for large M with long K, where it won (at K = 1536 it lost to the persistent kernel).
+// tiles spill registers. Small M swapped as above; beyond, 128 x 128 tiles: persistent with pairs
+// of CTAs along M sharing b's tile where the tiles fill their waves, else the stream-K scheduler
+// (its heuristic decomposition) with pairs along N sharing a's tile (each the better of the two
+// cluster shapes for its scheduler, H200).
 template <class ElementD>
 using BlockwiseFamily = FamilyOf<BlockwiseGemm<ElementD, SwappedTile, Shape<_1, _1, _1>, StreamK, true>,
-                                 BlockwiseGemm<ElementD, Tile128, Shape<_1, _2, _1>, Persistent, false>,
-                                 BlockwiseGemm<ElementD, Tile128, Shape<_1, _2, _1>, StreamK, false>>;
+                                 BlockwiseGemm<ElementD, Tile128, Shape<_2, _1, _1>, Persistent, false>,
+                                 BlockwiseGemm<ElementD, Tile128, Shape<_1, _2, _1>, StreamK, false>,
+                                 RaggedWaves<128, 128>>;
 
 }  // namespace kernels::cuda::fp8
