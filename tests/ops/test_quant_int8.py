@@ -73,6 +73,18 @@ def test_cpu_backends_larger(backend, m, n, k, group, dtype):
     _check(backend, m, n, k, group, dtype)
 
 
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_gpu_reference(dtype):
+    # No GPU kernel: the reference runs there (the support matrix's CUDA cell); against its CPU self.
+    w = random_weight(72, 192, 64)
+    a = torch.randn(17, 192).to(dtype)
+    poison_allocator(17 * 72 * a.element_size(), "cuda")
+    got = kernels.w8a16_gemm(a.cuda(), w.qweight.cuda(), w.scales.cuda(), group_size=64)
+    assert got.device.type == "cuda"
+    assert_close(got, reference.w8a16_gemm(a, w.qweight, w.scales, 64), dtype)
+
+
 @pytest.mark.parametrize("scale_dtype", DTYPES)
 def test_scales_of_another_dtype(scale_dtype):
     for backend in _cpu_backends():
