@@ -25,41 +25,53 @@ void w8a16_prepare_rows(const W8A16Args& p, int64_t begin, int64_t end) {
   for (int64_t m = begin; m < end; ++m) to_float32<Vec>(a + m * p.k, p.a_converted + m * p.k, p.k);
 }
 
+// One group: the G weights at w against MR rows of a (row stride a_stride); each row's products
+// are summed unscaled, and the sum times the group's scale is added to sum[r].
+template <class Vec, int G, int MR>
+inline void w8a16_group(const int8_t* w, const float* a, int64_t a_stride, float scale, Vec* sum) {
+  constexpr int N = Vec::N, V = G / N;  // vectors per group
+  static_assert(G % N == 0 && V >= 2, "a group is whole vectors, at least two");
+  // Two independent FMA chains per row: one would leave the FMA units waiting on its latency.
+  constexpr int C = 2;
+  Vec acc[MR][C];
+  for (int j = 0; j < V; ++j) {
+    const Vec x = Vec::load_int8(w + j * N);
+    for (int r = 0; r < MR; ++r) {
+      const Vec av = Vec::load(a + r * a_stride + j * N);
+      acc[r][j % C] = j < C ? x * av : fmadd(x, av, acc[r][j % C]);
+    }
+  }
+  const Vec sc = Vec::set1(scale);
+  for (int r = 0; r < MR; ++r) {
+    Vec v = acc[r][0];
+    for (int c = 1; c < C; ++c) v = v + acc[r][c];
+    sum[r] = fmadd(v, sc, sum[r]);
+  }
+}
+
 // MR rows of a (row stride a_stride) against one channel's int8 weights w [groups * G] and float32
 // scales s [groups]. total[r * stride] gets lanes whose sum is out[r] = sum_k a[r][k] q_k s_g.
 template <class Vec, int G, int MR>
 inline void w8a16_dot_tile(const int8_t* w, int64_t groups, const float* a, int64_t a_stride,
                            const float* s, Vec* total, int64_t stride) {
-  constexpr int N = Vec::N, V = G / N;  // vectors per group
-  static_assert(G % N == 0 && V >= 2, "a group is whole vectors, at least two");
-  // Independent FMA chains: with one or two rows a single chain per row would leave the FMA
-  // units waiting on its latency. S chains of scaled sums take alternate groups.
-  constexpr int C = MR <= 2 ? 2 : 1, S = MR == 1 ? 2 : 1;
-  Vec sum[MR][S];
-  for (int r = 0; r < MR; ++r) {
-    for (int c = 0; c < S; ++c) sum[r][c] = Vec::set1(0.0f);
+  // With one row, S chains of scaled sums take alternate groups, so that one group's scaling
+  // does not wait on the previous one's. Their index must be a compile-time constant (a loop
+  // over pairs of groups) or the sums live on the stack.
+  constexpr int S = MR == 1 ? 2 : 1;
+  Vec sum[S][MR];
+  for (int c = 0; c < S; ++c) {
+    for (int r = 0; r < MR; ++r) sum[c][r] = Vec::set1(0.0f);
   }
-  for (int64_t g = 0; g < groups; ++g) {
-    const int8_t* wg = w + g * G;
-    const float* ag = a + g * G;
-    Vec acc[MR][C];
-    for (int j = 0; j < V; ++j) {
-      const Vec x = Vec::load_int8(wg + j * N);
-      for (int r = 0; r < MR; ++r) {
-        const Vec av = Vec::load(ag + r * a_stride + j * N);
-        acc[r][j % C] = j < C ? x * av : fmadd(x, av, acc[r][j % C]);
-      }
-    }
-    const Vec sc = Vec::set1(s[g]);
-    for (int r = 0; r < MR; ++r) {
-      Vec v = acc[r][0];
-      for (int c = 1; c < C; ++c) v = v + acc[r][c];
-      sum[r][g % S] = fmadd(v, sc, sum[r][g % S]);
+  int64_t g = 0;
+  for (; g + S <= groups; g += S) {
+    for (int c = 0; c < S; ++c) {
+      w8a16_group<Vec, G, MR>(w + (g + c) * G, a + (g + c) * G, a_stride, s[g + c], sum[c]);
     }
   }
+  for (; g < groups; ++g) w8a16_group<Vec, G, MR>(w + g * G, a + g * G, a_stride, s[g], sum[0]);
   for (int r = 0; r < MR; ++r) {
-    Vec v = sum[r][0];
-    for (int c = 1; c < S; ++c) v = v + sum[r][c];
+    Vec v = sum[0][r];
+    for (int c = 1; c < S; ++c) v = v + sum[c][r];
     total[r * stride] = v;
   }
 }
