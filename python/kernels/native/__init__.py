@@ -120,10 +120,13 @@ registry.register(
 )(_forward("w4a16_gemm"))
 
 
+W8A16_GROUP_SIZES = (32, 64, 128)
+
+
 def _w8a16_gemm_supports(a, qweight, scales, group_size) -> str | None:
     # The C++ kernel (csrc/cpu/w8a16_kernels.h): contiguous operands, groups of whole vectors.
-    if group_size not in W4A16_GROUP_SIZES:
-        return f"group_size must be one of {W4A16_GROUP_SIZES}, got {group_size}"
+    if group_size not in W8A16_GROUP_SIZES:
+        return f"group_size must be one of {W8A16_GROUP_SIZES}, got {group_size}"
     if not (a.is_contiguous() and qweight.is_contiguous() and scales.is_contiguous()):
         return "a, qweight and scales must be contiguous"
     return None
