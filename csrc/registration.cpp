@@ -37,6 +37,9 @@ STABLE_TORCH_LIBRARY(kernels, m) {
   m.def(
       "w4a16_gemm(Tensor a, Tensor qweight, Tensor scales, Tensor? zero_points, Tensor? mins, "
       "int group_size) -> Tensor");
+  // INT8 weight-only GEMM (python/kernels/ops/quant_int8.py): a [M, K] @ W^T -> [M, N] in a's
+  // dtype, W = qweight int8 [N, K] times scales [N, K / group_size] (symmetric; GGUF Q8_0).
+  m.def("w8a16_gemm(Tensor a, Tensor qweight, Tensor scales, int group_size) -> Tensor");
   // FP8 e4m3 quantisation (python/kernels/ops/fp8.py): granularity 0 per tensor (dynamic, or
   // the static scale given), 1 per token, 2 per 1 x 128 group (column_major_scales: the scales'
   // strides are (1, M)); returns the e4m3 values and the float32 scales.

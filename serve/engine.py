@@ -45,7 +45,8 @@ class Engine:
     device, dtype, load_format, quantized_weights
         Passed to ``load_model`` when it loads the model (a loaded model keeps its own).
         ``quantized_weights`` (``"auto"``, ``"int4"``, ``"dequantize"``) says whether 4-bit GGUF
-        weights stay packed for the INT4 GEMM; ``"auto"``: on CPU only.
+        weights stay packed for the INT4 GEMM (and, on CPU, a Q8_0 LM head int8 for the INT8 GEMM);
+        ``"auto"``: on CPU only.
     page_size : int
         Tokens per KV page.
     max_total_tokens : int, optional

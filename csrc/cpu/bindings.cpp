@@ -588,6 +588,60 @@ Tensor w4a16_gemm(Tensor a, Tensor qweight, Tensor scales, std::optional<Tensor>
   return out;
 }
 
+// ---- INT8 weight-only GEMM ------------------------------------------------------------------
+
+Tensor w8a16_gemm(Tensor a, Tensor qweight, Tensor scales, int64_t group_size) {
+  constexpr const char* op = "w8a16_gemm";
+  check_cpu(a, op);
+  KERNELS_CHECK(a.dim() == 2 && a.is_contiguous(), op, ": a must be a contiguous [M, K] tensor");
+  const DType dtype = float_dtype(a, op);
+  const int64_t m = a.size(0), k = a.size(1);
+  KERNELS_CHECK(group_size == 32 || group_size == 64 || group_size == 128, op,
+                ": group_size must be 32, 64 or 128; got ", group_size);
+  KERNELS_CHECK(k % group_size == 0, op, ": K = ", k, " must be a multiple of group_size = ",
+                group_size);
+  check_cpu(qweight, op);
+  KERNELS_CHECK(qweight.dim() == 2 && qweight.scalar_type() == ScalarType::Char &&
+                    qweight.is_contiguous() && qweight.size(1) == k,
+                op, ": qweight must be a contiguous int8 [N, K] tensor (K = ", k, ")");
+  const int64_t n = qweight.size(0), groups = k / group_size;
+  check_cpu(scales, op);
+  KERNELS_CHECK(scales.dim() == 2 && scales.size(0) == n && scales.size(1) == groups &&
+                    scales.is_contiguous(),
+                op, ": scales must be a contiguous [N, K / group_size] = [", n, ", ", groups,
+                "] tensor");
+  const DType scale_dtype = float_dtype(scales, op);
+  const std::array<int64_t, 2> shape{m, n};
+  Tensor out = torch::stable::new_empty(a, shape);
+  if (m == 0 || n == 0) return out;
+
+  const bool convert = dtype != DType::Float32;
+  std::vector<float> converted(convert ? m * k : 0);
+  const W8A16Args args{a.const_data_ptr(),
+                       qweight.const_data_ptr<int8_t>(),
+                       scales.const_data_ptr(),
+                       out.mutable_data_ptr(),
+                       convert ? converted.data() : nullptr,
+                       convert ? converted.data() : a.const_data_ptr<float>(),
+                       m,
+                       n,
+                       k,
+                       group_size,
+                       dtype,
+                       scale_dtype};
+  const Kernels& kern = active_kernels();
+  if (convert) {
+    torch::stable::parallel_for(0, m, grain(k), [&](int64_t begin, int64_t end) {
+      kern.w8a16_prepare(args, begin, end);
+    });
+  }
+  // A channel costs about M * K multiply-adds and the conversion of K weights.
+  torch::stable::parallel_for(0, n, grain((m + 1) * k), [&](int64_t begin, int64_t end) {
+    kern.w8a16_gemm(args, begin, end);
+  });
+  return out;
+}
+
 }  // namespace
 }  // namespace kernels::cpu
 
@@ -602,4 +656,5 @@ STABLE_TORCH_LIBRARY_IMPL(kernels, CPU, m) {
   m.impl("paged_prefill_attention", TORCH_BOX(&kernels::cpu::paged_prefill_attention));
   m.impl("merge_attention_states", TORCH_BOX(&kernels::cpu::merge_attention_states));
   m.impl("w4a16_gemm", TORCH_BOX(&kernels::cpu::w4a16_gemm));
+  m.impl("w8a16_gemm", TORCH_BOX(&kernels::cpu::w8a16_gemm));
 }

@@ -101,6 +101,22 @@ struct W4A16Args {
   DType min_dtype;
 };
 
+// INT8 weight-only GEMM (w8a16_kernels.h). K is a multiple of group_size (32, 64 or 128).
+struct W8A16Args {
+  const void* a;           // [M, K], contiguous, `dtype`
+  const int8_t* qweight;   // [N, K]: w[n, k] = qweight[n, k] * scales[n, k / group_size]
+  const void* scales;      // [N, K / group_size], `scale_dtype`
+  void* out;               // [M, N], `dtype`
+  float* a_converted;      // [M, K] scratch: half-precision a as float32 (null for float32 a)
+  const float* a_float;    // [M, K]: what the GEMM reads, a_converted or a itself
+  int64_t m;
+  int64_t n;
+  int64_t k;
+  int64_t group_size;
+  DType dtype;
+  DType scale_dtype;
+};
+
 struct Kernels {
   // Work item: one row.
   void (*rms_norm)(DType, const void* x, int64_t x_row_stride, const void* weight, void* out,
@@ -127,6 +143,10 @@ struct Kernels {
   void (*w4a16_prepare)(const W4A16Args&, int64_t begin, int64_t end);
   // Work item: one output channel (a column of out), for every row.
   void (*w4a16_gemm)(const W4A16Args&, int64_t begin, int64_t end);
+  // Work item: one row of half-precision a, converted into a_float.
+  void (*w8a16_prepare)(const W8A16Args&, int64_t begin, int64_t end);
+  // Work item: one output channel (a column of out), for every row.
+  void (*w8a16_gemm)(const W8A16Args&, int64_t begin, int64_t end);
 };
 
 const Kernels& scalar_kernels();

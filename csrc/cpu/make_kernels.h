@@ -10,6 +10,7 @@
 #include "cpu/norm_kernels.h"
 #include "cpu/quant_kernels.h"
 #include "cpu/rope_kernels.h"
+#include "cpu/w8a16_kernels.h"
 #include "cpu/vec_math.h"
 
 namespace kernels::cpu {
@@ -100,6 +101,21 @@ struct TypeErased {
       }
     });
   }
+  static void w8a16_prepare(const W8A16Args& args, int64_t begin, int64_t end) {
+    visit_dtype(args.dtype, [&](auto tag) {
+      w8a16_prepare_rows<Vec, decltype(tag)>(args, begin, end);
+    });
+  }
+  static void w8a16_gemm(const W8A16Args& args, int64_t begin, int64_t end) {
+    visit_dtype(args.dtype, [&](auto tag) {
+      using T = decltype(tag);
+      switch (args.group_size) {
+        case 32: return w8a16_channels<Vec, T, 32>(args, begin, end);
+        case 64: return w8a16_channels<Vec, T, 64>(args, begin, end);
+        default: return w8a16_channels<Vec, T, 128>(args, begin, end);
+      }
+    });
+  }
 };
 
 template <class Vec>
@@ -118,6 +134,8 @@ constexpr Kernels make_kernels() {
       &K::merge_attention_states,
       &K::w4a16_prepare,
       &K::w4a16_gemm,
+      &K::w8a16_prepare,
+      &K::w8a16_gemm,
   };
 }
 

@@ -32,17 +32,6 @@ inline void unroll(std::integer_sequence<int, J...>, F f) {
   (f(std::integral_constant<int, J>{}), ...);
 }
 
-// n elements of a float tensor of dtype `dtype` (from element `offset`) to float32.
-template <class Vec>
-inline void any_to_float32(DType dtype, const void* src, int64_t offset, float* dst, int64_t n) {
-  switch (dtype) {
-    case DType::Float32: return to_float32<Vec>(static_cast<const float*>(src) + offset, dst, n);
-    case DType::Float16: return to_float32<Vec>(static_cast<const Half*>(src) + offset, dst, n);
-    case DType::BFloat16:
-      return to_float32<Vec>(static_cast<const BFloat16*>(src) + offset, dst, n);
-  }
-}
-
 template <class Vec, class T>
 void w4a16_prepare_rows(const W4A16Args& p, int64_t begin, int64_t end) {
   constexpr int64_t N = Vec::N, B = 8 * N;

@@ -91,6 +91,11 @@ struct Vec {
       return {_mm512_cvtepi32_ps(x)};
     }
   };
+  // N int8 weights (w8a16_gemm) as float, exact: one sign-extending load and a conversion.
+  static Vec load_int8(const int8_t* p) {
+    const __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+    return {_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(b))};
+  }
   // Lane i = s[i / L], for L = 4, 8 or 16 lanes per group; reads s[0..3]. Lanes from `count` on
   // are zero.
   template <int L>

@@ -7,7 +7,7 @@
 // set1, load / store from and to float, Half, BFloat16 with round-to-nearest-even, load2 /
 // store2), Mask, and + - * /, fmadd, fnmadd, abs, clamp, round_nearest, pow2i, square_error,
 // less, select, hsum, pair_swap, max, hmax,
-// hsum_lanes, and for int4 weights Nibbles and lane_groups.
+// hsum_lanes, for int4 weights Nibbles and lane_groups, and for int8 weights load_int8.
 #pragma once
 #include <cmath>
 #include <cstdint>
@@ -136,6 +136,12 @@ struct Vec {
       return r;
     }
   };
+  // N int8 weights (w8a16_gemm) as float, exact.
+  static Vec load_int8(const int8_t* p) {
+    Vec r;
+    for (int i = 0; i < N; ++i) r.v[i] = float(p[i]);
+    return r;
+  }
   // Lane i = s[i / L], for L = 4, 8 or 16 lanes per group. Lanes from `count` on are zero.
   template <int L>
   static Vec lane_groups(const float* s, int64_t count = N) {

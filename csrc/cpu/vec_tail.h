@@ -5,6 +5,8 @@
 #include <cstdint>
 #include <cstring>
 
+#include "cpu/dtypes.h"
+
 namespace kernels::cpu {
 
 template <class Vec, class T>
@@ -48,6 +50,18 @@ inline void from_float32(const float* src, Dst* dst, int64_t n) {
   int64_t i = 0;
   for (; i + Vec::N <= n; i += Vec::N) Vec::load(src + i).store(dst + i);
   if (i < n) store_n(dst + i, load_n<Vec>(src + i, n - i), n - i);
+}
+
+// n elements of a float tensor of dtype `dtype` (from element `offset`) to float32: the group
+// parameters of the weight-only GEMMs, whose dtype is independent of a's.
+template <class Vec>
+inline void any_to_float32(DType dtype, const void* src, int64_t offset, float* dst, int64_t n) {
+  switch (dtype) {
+    case DType::Float32: return to_float32<Vec>(static_cast<const float*>(src) + offset, dst, n);
+    case DType::Float16: return to_float32<Vec>(static_cast<const Half*>(src) + offset, dst, n);
+    case DType::BFloat16:
+      return to_float32<Vec>(static_cast<const BFloat16*>(src) + offset, dst, n);
+  }
 }
 
 }  // namespace kernels::cpu

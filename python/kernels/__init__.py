@@ -22,6 +22,7 @@ from .ops.quant import (
     unpack_int4,
     w4a16_gemm,
 )
+from .ops.quant_int8 import Int8Weight, dequantize_int8, from_gguf_q8_0, w8a16_gemm
 from .ops.rope import rotary_embedding_
 from .reference import registration as _reference_registration  # noqa: F401
 from .platform import local_platforms as _local_platforms
@@ -54,6 +55,10 @@ __all__ = [
     "from_awq",
     "from_gguf_q4_0",
     "from_gguf_q4_1",
+    "w8a16_gemm",
+    "Int8Weight",
+    "dequantize_int8",
+    "from_gguf_q8_0",
     "quantize_fp8",
     "fp8_gemm",
     "backend",

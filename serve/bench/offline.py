@@ -27,7 +27,8 @@ speed; what llama.cpp's ``tg`` numbers measure).
 The roofline (tokens/s the workload could reach if every decode step only had to read its bytes
 once at the measured read bandwidth)::
 
-    weight_bytes       = sum of every parameter's bytes, in the dtype as loaded (a tied head once)
+    weight_bytes       = sum of every parameter's bytes, as loaded (packed INT4 / INT8 weights at their
+                         packed size; a tied head once)
     kv_bytes_per_token = layers * kv_heads * head_dim * 2 (K and V) * element size
     mean_context       = IN + OUT / 2
                          (decode step t = 1 .. OUT-1 attends IN + t tokens; the mean over the steps)
@@ -238,7 +239,7 @@ def hf_model(model, config):
     """A transformers model whose weights are views of ``model``'s (no copy), ready to generate.
 
     Built on the meta device, then every Hugging Face-named weight is assigned the slice of our
-    fused tensors that holds it (:meth:`CausalLM.weight_slice`; 4-bit weights dequantised); the rotary buffers, which are
+    fused tensors that holds it (:meth:`CausalLM.weight_slice`; packed weights dequantised); the rotary buffers, which are
     computed rather than loaded, are built afresh on the model's device.
     """
     import transformers
@@ -269,10 +270,12 @@ def hf_model(model, config):
 
 
 def _float_weight(weight, dtype: torch.dtype) -> torch.Tensor:
-    """A weight as transformers holds it: 4-bit packed ones (served through w4a16_gemm) are
+    """A weight as transformers holds it: packed ones (served through w4a16_gemm / w8a16_gemm) are
     dequantised, in that case a copy rather than a view."""
     if isinstance(weight, kernels.Int4Weight):
         return kernels.dequantize_int4(weight).to(dtype)
+    if isinstance(weight, kernels.Int8Weight):
+        return kernels.dequantize_int8(weight).to(dtype)
     return weight.detach()
 
 

@@ -48,17 +48,22 @@ def load_model(path: str | None = None, *, device="auto", dtype="auto", load_for
     seed : int
         Seed of the random weights of ``load_format="dummy"``.
     quantized_weights : str
-        What becomes of 4-bit GGUF weights (Q4_0, Q4_1). ``"int4"``: every Linear weight of those
-        types (q, k, v, o, gate, up, down projections, and an untied LM head) is converted once to a
+        What becomes of quantised GGUF weights. ``"int4"``: every Linear weight stored 4-bit (Q4_0,
+        Q4_1: q, k, v, o, gate, up, down projections, and an untied LM head) is converted once to a
         packed :class:`kernels.Int4Weight` and the model multiplies by it through
         ``kernels.w4a16_gemm`` (4 bits a weight plus a float16 scale and min per 32: about a sixth
-        of their float32 size); activations stay in ``dtype``, and the token embedding and other
-        types (F32, F16, BF16, Q8_0) are dequantised. ``"dequantize"``: every weight is dequantised
-        to ``dtype`` at load (the float math of transformers, token for token in float32).
-        ``"auto"`` (the default): ``"int4"`` on CPU, where the native INT4 kernel is faster than the
-        float matmul, and ``"dequantize"`` elsewhere (the CUDA INT4 kernel is not there yet:
-        ``"int4"`` on a GPU runs the Triton kernel, untuned and not for CUDA graphs). Hugging Face
-        directories and dummy weights have no 4-bit weights and ignore it.
+        of their float32 size); on CPU, an LM head stored as Q8_0 (an untied ``output.weight``, or
+        the ``token_embd.weight`` a tied head is, as in SmolLM2) is also kept, as a
+        :class:`kernels.Int8Weight` multiplied through ``kernels.w8a16_gemm`` (a byte a weight plus
+        a float16 scale per 32: 0.27 of float32; a tied table also serves the embedding lookup, a
+        row dequantised per token). Activations stay in ``dtype``; every other tensor (F32, F16,
+        BF16, other Q8_0, an untied token embedding) is dequantised. ``"dequantize"``: every weight
+        is dequantised to ``dtype`` at load (the float math of transformers, token for token in
+        float32). ``"auto"`` (the default): ``"int4"`` on CPU, where the native INT4 and INT8
+        kernels are faster than the float matmul, and ``"dequantize"`` elsewhere (the CUDA INT4
+        kernel is not there yet: ``"int4"`` on a GPU runs the Triton kernel, untuned and not for
+        CUDA graphs; there is no GPU INT8 kernel, so a GPU keeps a Q8_0 head as float). Hugging
+        Face directories and dummy weights have no quantised weights and ignore it.
 
     Raises
     ------
@@ -89,7 +94,9 @@ def load_model(path: str | None = None, *, device="auto", dtype="auto", load_for
         load_format = "hf" if os.path.isdir(path) else "gguf"
     if load_format == "gguf":
         int4 = quantized_weights == "int4" or (quantized_weights == "auto" and device.type == "cpu")
-        model, config, has_tokenizer = load_gguf(path, device, dtype, int4=int4)
+        # w8a16_gemm has a native kernel on the CPU only; elsewhere the float head is faster.
+        int8_head = int4 and device.type == "cpu"
+        model, config, has_tokenizer = load_gguf(path, device, dtype, int4=int4, int8_head=int8_head)
         tokenizer = Tokenizer.from_gguf(path, config.eos_token_ids) if has_tokenizer else None
         return LoadedModel(model, config, tokenizer, os.path.basename(path).removesuffix(".gguf"))
     model, config = load_hf(path, device, dtype)

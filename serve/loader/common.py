@@ -18,6 +18,7 @@ def build_model(
     read: Callable[[str], torch.Tensor],
     desc: str,
     int4=(),
+    int8=(),
 ) -> CausalLM:
     """Check a checkpoint's tensor names and shapes, then allocate the model and fill it.
 
@@ -25,10 +26,11 @@ def build_model(
     missing, unexpected or misshapen tensors fails at once. ``read(name)`` returns one tensor in
     the Hugging Face layout; it runs under a progress bar. ``int4``: the names for which ``read``
     returns a packed ``kernels.Int4Weight`` (see :class:`CausalLM`); the projections they make up
-    whole are not allocated as float tensors.
+    whole are not allocated as float tensors. ``int8``: likewise, the LM head's weight when ``read``
+    returns it as a ``kernels.Int8Weight``.
     """
     CausalLM(config, dtype, "meta").load_weights((n, torch.empty(s, device="meta")) for n, s in shapes.items())
-    model = CausalLM(config, dtype, device, int4=int4)
+    model = CausalLM(config, dtype, device, int4=int4, int8=int8)
     names = list(shapes)
     model.load_weights(_progress(names, read, desc))
     return model

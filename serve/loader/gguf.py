@@ -1,5 +1,6 @@
 """Load a GGUF file (llama.cpp's format): config from its metadata, weights dequantised to the model
-dtype, or (``int4=True``) the 4-bit Linear weights (Q4_0, Q4_1) kept packed for the INT4 GEMM."""
+dtype, or (``int4=True``) the 4-bit Linear weights (Q4_0, Q4_1) kept packed for the INT4 GEMM, and
+(``int8_head=True``) a Q8_0 LM head kept int8 for the INT8 GEMM."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ GGUF_ARCHITECTURES = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM", 
 TENSOR_TYPES = ("F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1")
 # Types that convert losslessly to kernels.Int4Weight (docs/api/quant.md), by converter name.
 INT4_TYPES = {"Q4_0": "from_gguf_q4_0", "Q4_1": "from_gguf_q4_1"}
+INT8_TYPE = "Q8_0"  # converts losslessly to kernels.Int8Weight (from_gguf_q8_0)
 
 _TOP_NAMES = {
     "token_embd.weight": "model.embed_tokens.weight",
@@ -56,15 +58,19 @@ def is_linear_weight(hf: str) -> bool:
     return hf == "lm_head.weight" or (hf.startswith("model.layers.") and hf.endswith("_proj.weight"))
 
 
-def load_gguf(path: str, device: torch.device, dtype: torch.dtype, int4: bool = False):
+def load_gguf(path: str, device: torch.device, dtype: torch.dtype, int4: bool = False, int8_head: bool = False):
     """Read ``path``; return ``(model, config, has_tokenizer)``, the last whether the metadata holds a tokenizer.
 
     With ``int4``, every Linear weight stored as Q4_0 or Q4_1 (the q, k, v, o, gate, up and down
     projections, and the LM head when untied) is converted once to a packed
     :class:`kernels.Int4Weight` (``kernels.ops.quant.from_gguf_q4_0`` / ``from_gguf_q4_1``: the
     same weights, losslessly) and the model keeps it packed, multiplying through
-    ``kernels.w4a16_gemm``; no float copy is made. Other tensors (F32, F16, BF16, Q8_0, and the token
-    embedding whatever its type) are dequantised to ``dtype`` as without it.
+    ``kernels.w4a16_gemm``; no float copy is made. With ``int8_head``, an LM head stored as Q8_0
+    (``output.weight``, or the ``token_embd.weight`` a tied head is) is converted once to a
+    :class:`kernels.Int8Weight` (``from_gguf_q8_0``, losslessly) and multiplied through
+    ``kernels.w8a16_gemm``; a tied table also serves the embedding lookup, a row dequantised per
+    token, so no float copy of it is made either. Other tensors (F32, F16, BF16, other Q8_0, and an
+    untied token embedding whatever its type) are dequantised to ``dtype`` as without them.
 
     Raises
     ------
@@ -93,6 +99,9 @@ def load_gguf(path: str, device: torch.device, dtype: torch.dtype, int4: bool = 
     # With int4: the 4-bit Linear weights, read as packed kernels.Int4Weight (the rest dequantised).
     packed = {n for n, t in by_hf.items()
               if int4 and is_linear_weight(n) and t.tensor_type.name in INT4_TYPES and len(shapes[n]) == 2}
+    # With int8_head: the LM head's weight (the embedding table when tied), if Q8_0.
+    head = "model.embed_tokens.weight" if config.tie_word_embeddings else "lm_head.weight"
+    int8 = {head} if int8_head and head in by_hf and by_hf[head].tensor_type.name == INT8_TYPE else set()
 
     def read(name: str):
         t = by_hf[name]
@@ -103,6 +112,8 @@ def load_gguf(path: str, device: torch.device, dtype: torch.dtype, int4: bool = 
             heads = config.num_heads if ".q_proj." in name else config.num_kv_heads
         if name in packed:
             return _read_int4(path, t, shapes[name], heads)
+        if name in int8:
+            return _read_int8(path, t, shapes[name])
         try:
             w = _dequantize(t).reshape(shapes[name])
         except Exception as e:
@@ -111,7 +122,7 @@ def load_gguf(path: str, device: torch.device, dtype: torch.dtype, int4: bool = 
             w = _unpermute(w, heads)
         return torch.from_numpy(np.require(w, requirements=["C", "W"]))  # a writable copy where w views the file
 
-    model = build_model(config, dtype, device, shapes, read, f"Loading {os.path.basename(path)}", int4=packed)
+    model = build_model(config, dtype, device, shapes, read, f"Loading {os.path.basename(path)}", int4=packed, int8=int8)
     return model, config, _TOKENIZER_FIELD in reader.fields
 
 
@@ -191,6 +202,18 @@ def _read_int4(path: str, t, shape: tuple[int, int], heads: int | None):
         rows = torch.from_numpy(_unpermute(np.arange(n), heads))
         w = type(w)(*(None if x is None else x[rows].contiguous() for x in w[:4]), w.group_size)
     return w
+
+
+def _read_int8(path: str, t, shape: tuple[int, int]):
+    """A Q8_0 tensor as a ``kernels.Int8Weight`` of ``shape``."""
+    from kernels.ops import quant_int8
+
+    n, k = shape
+    try:
+        blocks = torch.from_numpy(np.array(t.data, dtype=np.uint8).reshape(-1))  # a copy: the file is mapped read-only
+        return quant_int8.from_gguf_q8_0(blocks, n, k)
+    except Exception as e:
+        raise ValueError(f"{path}: tensor {t.name} cannot be read (corrupt or truncated file?): {e}") from e
 
 
 def _unpermute(w: np.ndarray, heads: int) -> np.ndarray:

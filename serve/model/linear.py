@@ -1,22 +1,25 @@
-"""The model's one matmul: a Linear whose weight is a float tensor or a packed INT4 weight.
+"""The model's one matmul: a Linear whose weight is a float tensor or a packed INT4 / INT8 weight.
 
 A projection loaded from a 4-bit GGUF tensor (Q4_0, Q4_1) may stay packed as a
 :class:`kernels.Int4Weight` (``qweight`` int32 ``[N, K // 8]``, ``scales`` / ``mins``
-``[N, K // 32]``; docs/api/quant.md) and run through :func:`kernels.w4a16_gemm`, which reads the
-4-bit weight instead of a float copy of it. Activations stay in the model dtype either way.
+``[N, K // 32]``; docs/api/quant.md) and run through :func:`kernels.w4a16_gemm`; an LM head loaded
+from a Q8_0 tensor may stay a :class:`kernels.Int8Weight` (``qweight`` int8 ``[N, K]``, ``scales``
+``[N, K // 32]``) and run through :func:`kernels.w8a16_gemm`. Either reads the quantised weight
+instead of a float copy of it. Activations stay in the model dtype either way.
 """
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from kernels import Int4Weight
+from kernels import Int4Weight, Int8Weight
 
-__all__ = ["Int4Weight", "linear", "weight_nbytes"]
+__all__ = ["Int4Weight", "Int8Weight", "linear", "weight_nbytes"]
 
 
-def linear(x: torch.Tensor, weight: torch.Tensor | Int4Weight, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """``x @ weight.T (+ bias)``: ``F.linear`` for a tensor, ``w4a16_gemm`` for an :class:`Int4Weight`.
+def linear(x: torch.Tensor, weight: torch.Tensor | Int4Weight | Int8Weight, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """``x @ weight.T (+ bias)``: ``F.linear`` for a tensor, the packed weight's GEMM
+    (``w4a16_gemm`` / ``w8a16_gemm``) for an :class:`Int4Weight` / :class:`Int8Weight`.
 
     ``x`` is ``[M, K]`` in the model dtype; the result is ``[M, N]`` in ``x``'s dtype.
     """
@@ -28,9 +31,9 @@ def linear(x: torch.Tensor, weight: torch.Tensor | Int4Weight, bias: torch.Tenso
     return out
 
 
-def weight_nbytes(weight: torch.Tensor | Int4Weight) -> int:
-    """Bytes a weight holds: a tensor's, or a packed weight's ``qweight``, ``scales``, zero points and mins."""
+def weight_nbytes(weight: torch.Tensor | Int4Weight | Int8Weight) -> int:
+    """Bytes a weight holds: a tensor's, or the sum of a packed weight's tensors (``qweight``,
+    ``scales``, and an INT4 weight's zero points or mins)."""
     if isinstance(weight, torch.Tensor):
         return weight.numel() * weight.element_size()
-    return sum(t.numel() * t.element_size() for t in (weight.qweight, weight.scales, weight.zero_points, weight.mins)
-               if t is not None)
+    return sum(t.numel() * t.element_size() for t in weight if isinstance(t, torch.Tensor))

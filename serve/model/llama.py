@@ -11,6 +11,10 @@ instead hold a packed :class:`kernels.Int4Weight` (a 4-bit GGUF tensor kept pack
 ``F.linear`` for a tensor and ``kernels.w4a16_gemm`` for a packed weight. Its tensors are registered
 as parameters of the layer (``qkv_proj_qweight``, ``qkv_proj_scales``, ``qkv_proj_mins``, ...), so
 ``model.parameters()`` counts the bytes the model really holds.
+
+The LM head may likewise hold a :class:`kernels.Int8Weight` (a Q8_0 GGUF tensor kept int8; the
+``int8`` argument of :class:`CausalLM`), multiplied through ``kernels.w8a16_gemm``; when it is tied
+to the token embedding, the embedding lookup gathers and dequantises rows of that same int8 table.
 """
 
 from __future__ import annotations
@@ -20,12 +24,12 @@ import re
 
 import kernels
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..forward_batch import ForwardBatch
 from .config import ModelConfig
-from .linear import Int4Weight, linear
+from .embedding import embedding
+from .linear import Int4Weight, Int8Weight, linear
 
 # A decoder layer's projections and the Hugging Face weights each one fuses, in row order.
 LAYER_LINEARS = {
@@ -35,6 +39,8 @@ LAYER_LINEARS = {
     "down_proj": ("mlp.down_proj.weight",),
 }
 _INT4_FIELDS = ("qweight", "scales", "zero_points", "mins")
+# The weights that may be given as an Int8Weight: the LM head, or the embedding it is tied to.
+INT8_NAMES = ("lm_head.weight", "model.embed_tokens.weight")
 
 
 def rope_cos_sin_cache(config: ModelConfig, device=None) -> torch.Tensor:
@@ -120,18 +126,29 @@ class CausalLM(nn.Module):
         up for ``gate_up_proj``) is not allocated as a float tensor: it keeps the packed weight,
         the pieces concatenated along the output rows. A packed piece of a projection that is not
         packed whole (say a 4-bit q with an 8-bit v) is dequantised into its float slice.
+    int8 : collection of str, optional
+        Names among ``lm_head.weight`` (untied) and ``model.embed_tokens.weight`` (tied: the table
+        is the LM head) that :meth:`load_weights` will be given as :class:`kernels.Int8Weight`. The
+        model keeps them int8: the head multiplies through ``kernels.w8a16_gemm``, and a tied
+        table serves the embedding lookup too, one row dequantised per token.
     """
 
-    def __init__(self, config: ModelConfig, dtype: torch.dtype, device, int4=()) -> None:
+    def __init__(self, config: ModelConfig, dtype: torch.dtype, device, int4=(), int8=()) -> None:
         super().__init__()
         if dtype not in (torch.float32, torch.float16, torch.bfloat16):
             raise ValueError(f"dtype must be float32, float16 or bfloat16; got {dtype}")
         self.config, self.dtype, self.device = config, dtype, torch.device(device)
         c = config
-        int4 = frozenset(int4)
-        self.embed_tokens = nn.Parameter(
-            torch.empty(c.vocab_size, c.hidden_size, dtype=dtype, device=device), requires_grad=False
-        )
+        int4, self.int8 = frozenset(int4), frozenset(int8)
+        head = "model.embed_tokens.weight" if c.tie_word_embeddings else "lm_head.weight"
+        if not self.int8 <= {head}:
+            raise ValueError(f"int8 may name only the LM head's weight ({head} in this model); got {sorted(self.int8)}")
+        if "model.embed_tokens.weight" in self.int8:
+            self.embed_tokens = None  # installed int8 by load_weights, with the tied head
+        else:
+            self.embed_tokens = nn.Parameter(
+                torch.empty(c.vocab_size, c.hidden_size, dtype=dtype, device=device), requires_grad=False
+            )
         self.layers = nn.ModuleList(
             DecoderLayer(c, dtype, device, frozenset(
                 attr for attr, sources in LAYER_LINEARS.items() if all(f"model.layers.{i}.{s}" in int4 for s in sources)
@@ -141,7 +158,7 @@ class CausalLM(nn.Module):
         self.norm = nn.Parameter(torch.empty(c.hidden_size, dtype=dtype, device=device), requires_grad=False)
         if c.tie_word_embeddings:
             self.lm_head = self.embed_tokens
-        elif "lm_head.weight" in int4:
+        elif "lm_head.weight" in int4 or "lm_head.weight" in self.int8:
             self.lm_head = None  # installed packed by load_weights
         else:
             self.lm_head = nn.Parameter(torch.empty(c.vocab_size, c.hidden_size, dtype=dtype, device=device),
@@ -160,7 +177,7 @@ class CausalLM(nn.Module):
         if len(kv_caches) != self.config.num_layers:
             raise ValueError(f"kv_caches must hold one (k, v) pair per layer ({self.config.num_layers}); got {len(kv_caches)}")
         eps = self.config.rms_norm_eps
-        residual = F.embedding(batch.input_ids, self.embed_tokens)
+        residual = embedding(batch.input_ids, self.embed_tokens, self.dtype)
         x = kernels.rms_norm(residual, self.layers[0].input_layernorm, eps)
         for i, layer in enumerate(self.layers):
             if i:
@@ -202,18 +219,20 @@ class CausalLM(nn.Module):
 
         Parameters
         ----------
-        weights : iterable of (str, torch.Tensor or kernels.Int4Weight)
+        weights : iterable of (str, torch.Tensor, kernels.Int4Weight or kernels.Int8Weight)
             ``model.layers.3.self_attn.q_proj.weight`` style names, any float dtype and device.
             ``lm_head.weight`` of a tied model and rotary ``inv_freq`` buffers are skipped. A
             Linear weight may be a packed :class:`kernels.Int4Weight`: a projection the model was
             built to keep packed (``int4``) collects its pieces and, once all have come, holds their
-            concatenation (moved to the model's device); any other target gets it dequantised.
+            concatenation (moved to the model's device); any other target gets it dequantised. A
+            weight the model was built to keep int8 (``int8``) must be a
+            :class:`kernels.Int8Weight`, held as is; one elsewhere is dequantised.
 
         Raises
         ------
         ValueError
             A name the model has no place for, a tensor of the wrong shape, a float tensor for a
-            projection built to be packed, or (at the end) a weight that no tensor wrote.
+            weight built to be packed, or (at the end) a weight that no tensor wrote.
         """
         written: set[str] = set()
         pending: dict[tuple[int, str], dict[int, Int4Weight]] = {}  # (layer or -1, attr) -> row start -> piece
@@ -228,7 +247,12 @@ class CausalLM(nn.Module):
             expected = (hi - lo, *full[1:])
             if tuple(tensor.shape) != expected:
                 raise ValueError(f"tensor {name} has shape {tuple(tensor.shape)}; the model expects {expected}")
-            if current is None:  # a projection kept packed: collect its pieces
+            if current is None and name in self.int8:
+                if not isinstance(tensor, Int8Weight):
+                    raise ValueError(f"tensor {name} must be a kernels.Int8Weight: the model was built to keep "
+                                     f"{attr} int8, and it got a {type(tensor).__name__}")
+                self._install_int8(attr, tensor)
+            elif current is None:  # a projection kept packed: collect its pieces
                 if not isinstance(tensor, Int4Weight):
                     raise ValueError(f"tensor {name} must be a kernels.Int4Weight: the model was built to keep "
                                      f"{attr} packed (int4), and it got a {type(tensor).__name__}")
@@ -237,11 +261,13 @@ class CausalLM(nn.Module):
                 if sum(p.shape[0] for p in parts.values()) == full[0]:
                     self._install_int4(owner, attr, [parts[r] for r in sorted(parts)])
                     del pending[(index, attr)]
-            elif isinstance(current, Int4Weight):
+            elif isinstance(current, (Int4Weight, Int8Weight)):
                 raise ValueError(f"tensor {name} was given twice ({attr} is already loaded, packed)")
             else:
                 if isinstance(tensor, Int4Weight):
                     tensor = kernels.dequantize_int4(tensor)
+                elif isinstance(tensor, Int8Weight):
+                    tensor = kernels.dequantize_int8(tensor)
                 (current if rows is None else current[lo:hi]).copy_(tensor)
             written.add(name)
         missing = [n for n in self.expected_weight_names() if n not in written]
@@ -275,6 +301,19 @@ class CausalLM(nn.Module):
             owner.register_parameter(f"{attr}_{field}", param)
             fields.append(param)
         setattr(owner, attr, Int4Weight(*fields, parts[0].group_size))
+
+    def _install_int8(self, attr: str, w: Int8Weight) -> None:
+        """Set ``attr`` (the LM head, or the embedding it is tied to) to ``w`` on the model's
+        device, its tensors registered as parameters."""
+        fields = []
+        for field in ("qweight", "scales"):
+            param = nn.Parameter(getattr(w, field).to(self.device).contiguous(), requires_grad=False)
+            self.register_parameter(f"{attr}_{field}", param)
+            fields.append(param)
+        packed = Int8Weight(*fields, w.group_size)
+        setattr(self, attr, packed)
+        if self.config.tie_word_embeddings:
+            self.lm_head = packed
 
     def int4_weights(self) -> dict[str, Int4Weight]:
         """The projections held packed, by name (``layers.3.qkv_proj``, ``lm_head``)."""
@@ -325,11 +364,12 @@ class CausalLM(nn.Module):
                 return index, "qkv_proj" if m2[2] == "weight" else "qkv_bias", qkv_rows[m2[1]]
         raise ValueError(f"unexpected tensor {name} for a {self.config.architecture} model with this config")
 
-    def weight_slice(self, name: str) -> torch.Tensor | Int4Weight:
+    def weight_slice(self, name: str) -> torch.Tensor | Int4Weight | Int8Weight:
         """The view of our parameters that the Hugging Face tensor ``name`` fills (``q_proj`` rows of ``qkv_proj``, ...).
 
         For a projection held packed, the :class:`kernels.Int4Weight` of those rows (views of the
-        packed tensors; :func:`kernels.dequantize_int4` gives the float weight).
+        packed tensors; :func:`kernels.dequantize_int4` gives the float weight); for a weight held
+        int8, its :class:`kernels.Int8Weight` (:func:`kernels.dequantize_int8`).
         """
         index, attr, rows = self._locate(name)
         w = getattr(self if index < 0 else self.layers[index], attr)

@@ -111,8 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="auto (by path), gguf, hf, or dummy (random weights for a config)")
     model.add_argument("--quantized-weights", default=d.quantized_weights, choices=QUANTIZED_WEIGHTS,
                        help="4-bit GGUF weights (Q4_0, Q4_1): int4 keeps them packed and multiplies through the "
-                            "INT4 GEMM, dequantize expands them to --dtype at load (default auto: int4 on CPU, "
-                            "dequantize on GPUs)")
+                            "INT4 GEMM (and on CPU keeps a Q8_0 LM head int8 for the INT8 GEMM), dequantize expands "
+                            "them to --dtype at load (default auto: int4 on CPU, dequantize on GPUs)")
     model.add_argument("--threads", type=_positive_int, default=d.threads,
                        help="CPU threads of the scheduler process's torch (default: torch's choice)")
     mem = p.add_argument_group("memory and batching")

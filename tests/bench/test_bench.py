@@ -357,3 +357,30 @@ def test_bench_w4a16_gemm_smoke(tmp_path, capsys, _one_thread):
         (b, v) for b in ("reference", "torch") for v in ("min+group32", "zp+group32")
     }
     assert all(set(r["peers"]) == {"fp32_matmul"} and r["ceiling"] == "read_gbps" for r in doc["results"])
+
+
+def test_w8a16_gemm_spec():
+    spec = specs.SPECS["w8a16_gemm"]
+    fp32, bf16 = torch.float32, torch.bfloat16
+    dims = spec.parse_shape("1x49152x576")
+    assert spec.bytes_moved(dims, fp32, "group32") == 49152 * 576 + 49152 * 18 * 2 + (576 + 49152) * 4
+    assert spec.bytes_moved((4, 64, 256), bf16, "group128") == 64 * 256 + 64 * 2 * 2 + (4 * 256 + 4 * 64) * 2
+    assert spec.flops(dims, fp32, "group32") == 2 * 49152 * 576
+    assert spec.parse_variant(" Group64") == "group64"
+    for bad in ("sym+group32", "group48", "32"):
+        with pytest.raises(specs.ShapeError):
+            spec.parse_variant(bad)
+    assert spec.check_case("group128", (1, 64, 96)) is not None
+    assert spec.peers_for_device("cpu") == ("fp32_matmul",)
+
+
+def test_bench_w8a16_gemm_smoke(tmp_path, capsys, _one_thread):
+    code = bench(
+        ["w8a16_gemm", "--shapes", "3x72x96", "--variants", "group32", "--backends", "reference,native",
+         "--dtype", "float32", "--reps", "2", "--json", str(tmp_path / "w.json")]
+    )  # fmt: skip
+    out = capsys.readouterr().out
+    assert code == 0, out
+    doc = json.loads((tmp_path / "w.json").read_text())
+    assert {(r["backend"], r["variant"]) for r in doc["results"]} == {("reference", "group32"), ("native", "group32")}
+    assert all(set(r["peers"]) == {"fp32_matmul"} and r["ceiling"] == "read_gbps" for r in doc["results"])

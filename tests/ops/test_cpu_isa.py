@@ -81,3 +81,15 @@ def test_w4a16_gemm(isa, dtype, mode, m, n, k, group):
         got = kernels.w4a16_gemm(a, w.qweight, w.scales, zero_points=w.zero_points, mins=w.mins, group_size=group)
     want = reference.w4a16_gemm(a, w.qweight, w.scales, w.zero_points, w.mins, group)
     assert_close(got, want, dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("m,n,k,group", [(1, 72, 96, 32), (2, 64, 576, 64), (5, 130, 256, 128)])
+def test_w8a16_gemm(isa, dtype, m, n, k, group):
+    from tests.ops.test_quant_int8 import random_weight
+
+    w = random_weight(n, k, group)
+    a = torch.randn(m, k, dtype=dtype)
+    with kernels.backend("native"):
+        got = kernels.w8a16_gemm(a, w.qweight, w.scales, group_size=group)
+    assert_close(got, reference.w8a16_gemm(a, w.qweight, w.scales, group), dtype)

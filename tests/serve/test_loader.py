@@ -100,6 +100,8 @@ def assert_weights(model, expected: dict[str, np.ndarray]) -> None:
         got = model.weight_slice(name)
         if isinstance(got, kernels.Int4Weight):  # a Q4_0 / Q4_1 projection kept packed (the default on CPU)
             got = kernels.dequantize_int4(got)
+        if isinstance(got, kernels.Int8Weight):  # a Q8_0 LM head kept int8 (the default on CPU)
+            got = kernels.dequantize_int8(got)
         assert torch.equal(got, torch.from_numpy(w)), f"{name} differs"
 
 
@@ -119,6 +121,25 @@ def test_gguf_tensor_types(qtype, tmp_path):
     projections = ("qkv_proj", "o_proj", "gate_up_proj", "down_proj")
     assert packed == ({"lm_head", *(f"layers.{i}.{p}" for i in range(2) for p in projections)}
                       if qtype in (Q.Q4_0, Q.Q4_1) else set())
+    # A Q8_0 (untied) LM head stays int8; the untied embedding is dequantised.
+    assert isinstance(model.lm_head, kernels.Int8Weight) == (qtype == Q.Q8_0)
+    assert isinstance(model.embed_tokens, torch.nn.Parameter)
+
+
+@pytest.mark.parametrize("quantized_weights", ["auto", "dequantize"])
+def test_gguf_tied_q8_0_head(quantized_weights, tmp_path):
+    # No output.weight: the head is token_embd, which (Q8_0, CPU, auto) stays one int8 table for both.
+    weights = hf_weights("llama")
+    del weights["lm_head.weight"]
+    write_gguf(tmp_path / "m.gguf", "llama", weights, Q.Q8_0)
+    loaded = load_model(str(tmp_path / "m.gguf"), device="cpu", dtype="float32", quantized_weights=quantized_weights)
+    model = loaded.model
+    assert model.config.tie_word_embeddings and model.lm_head is model.embed_tokens
+    assert isinstance(model.embed_tokens, kernels.Int8Weight) == (quantized_weights == "auto")
+    table = np.asarray(gguf.quants.dequantize(gguf.quants.quantize(weights["model.embed_tokens.weight"], Q.Q8_0), Q.Q8_0))
+    got = model.weight_slice("model.embed_tokens.weight")
+    got = kernels.dequantize_int8(got) if isinstance(got, kernels.Int8Weight) else got
+    assert torch.equal(got, torch.from_numpy(table.reshape(VOCAB, HIDDEN)))
 
 
 @pytest.mark.parametrize("arch", ["qwen2", "qwen3"])

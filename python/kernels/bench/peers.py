@@ -7,8 +7,8 @@
 - ``liger``: Liger-Kernel's Triton kernels when ``liger_kernel`` is importable (NVIDIA only; it has
   no CPU kernels). Its functions are bound by inspecting the signature found at run time, and a
   peer that cannot be imported or called is skipped with a printed note, never faked.
-- ``bf16_matmul`` (GPU), ``fp32_matmul`` (CPU), for ``w4a16_gemm``: ``torch.matmul`` by the weight
-  dequantised to that dtype ahead of time.
+- ``bf16_matmul`` (GPU), ``fp32_matmul`` (CPU), for ``w4a16_gemm`` and ``w8a16_gemm``:
+  ``torch.matmul`` by the weight dequantised to that dtype ahead of time.
 - ``scaled_mm_tensor``, ``scaled_mm_rowwise``, ``scaled_mm_rowwise_fast``, ``scaled_mm_blockwise`` for ``fp8_gemm``
   (``peers_fp8``): torch's scaled FP8 GEMMs on cuBLAS, each for its granularity.
 - Attention (``peers_attention``): ``sdpa`` (CPU: torch's default SDPA), ``sdpa_cudnn`` and
@@ -200,19 +200,24 @@ def liger(spec: OpSpec, variant: str, device: torch.device) -> Peer:
 DENSE_MATMUL = {"bf16_matmul": torch.bfloat16, "fp32_matmul": torch.float32}
 
 
+def _dequantizers() -> dict[str, Callable[[tuple], torch.Tensor]]:
+    """Quantised GEMM -> (its arguments after ``a``) -> the float32 weight ``[N, K]``."""
+    from ..reference import quant
+
+    return {"w4a16_gemm": lambda w: quant.dequantize(*w), "w8a16_gemm": lambda w: quant.dequantize_int8(*w)}
+
+
 def dense_matmul(spec: OpSpec, name: str) -> Peer:
     """``torch.matmul(a, W.T)`` with ``W`` dequantised to the peer's dtype outside timing: what an
-    unquantised model of that dtype runs, reading 4x (bf16) or 8x (fp32) the weight bytes."""
-    if spec.name != "w4a16_gemm":
+    unquantised model of that dtype runs, reading 4x (bf16) or 8x (fp32) the weight bytes of INT4
+    (2x or 4x those of INT8)."""
+    dequantize = _dequantizers().get(spec.name)
+    if dequantize is None:
         raise PeerUnavailable(f"{name} is a peer of the quantised GEMMs, not of {spec.name}")
-    from .. import reference
-
     dtype = DENSE_MATMUL[name]
 
     def prepare(args):
-        a, qweight, scales, zero_points, mins, group_size = args
-        w = reference.quant.dequantize(qweight, scales, zero_points, mins, group_size).to(dtype)
-        return (a.to(dtype), w.T)
+        return (args[0].to(dtype), dequantize(args[1:]).to(dtype).T)
 
     return Peer(name, torch.matmul, prepare=prepare, outputs=lambda args, out: [out])
 

@@ -408,8 +408,10 @@ SPECS.update(ATTENTION_SPECS)
 
 from .specs_fp8 import FP8_SPECS  # noqa: E402
 from .specs_quant import QUANT_SPECS  # noqa: E402
+from .specs_quant_int8 import QUANT_INT8_SPECS  # noqa: E402
 
 SPECS.update(QUANT_SPECS)
+SPECS.update(QUANT_INT8_SPECS)
 SPECS.update(FP8_SPECS)
 
 OP_NAMES = tuple(SPECS)

@@ -119,6 +119,24 @@ registry.register(
     supports=_w4a16_gemm_supports,
 )(_forward("w4a16_gemm"))
 
+
+W8A16_GROUP_SIZES = (32, 64, 128)
+
+
+def _w8a16_gemm_supports(a, qweight, scales, group_size) -> str | None:
+    # The C++ kernel (csrc/cpu/w8a16_kernels.h): contiguous operands, groups of whole vectors.
+    if group_size not in W8A16_GROUP_SIZES:
+        return f"group_size must be one of {W8A16_GROUP_SIZES}, got {group_size}"
+    if not (a.is_contiguous() and qweight.is_contiguous() and scales.is_contiguous()):
+        return "a, qweight and scales must be contiguous"
+    return None
+
+
+# CPU only: no CUDA kernel (the reference runs it there). Tested in CI (AVX2, scalar).
+registry.register(
+    "w8a16_gemm", "native", {"cpu": "verified"}, available=_availability("w8a16_gemm"), supports=_w8a16_gemm_supports
+)(_forward("w8a16_gemm"))
+
 # The schema takes the granularity as an int (python/kernels/ops/fp8.py's names, in order).
 FP8_GRANULARITY_CODES = {"tensor": 0, "token": 1, "group128": 2}
 

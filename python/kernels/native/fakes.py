@@ -46,6 +46,10 @@ def register_fakes() -> None:
     def _(a, qweight, scales, zero_points, mins, group_size):
         return a.new_empty(a.shape[0], qweight.shape[0])
 
+    @torch.library.register_fake("kernels::w8a16_gemm")
+    def _(a, qweight, scales, group_size):
+        return a.new_empty(a.shape[0], qweight.shape[0])
+
     @torch.library.register_fake("kernels::quantize_fp8")
     def _(x, granularity, scale, column_major_scales):
         m, k = x.shape

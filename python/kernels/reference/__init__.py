@@ -7,7 +7,7 @@ from .activation import gelu_and_mul, silu_and_mul
 from .fp8 import fp8_gemm, quantize_fp8
 from .attention import merge_attention_states, paged_decode_attention, paged_prefill_attention, store_kv_cache
 from .norm import fused_add_rms_norm_, rms_norm
-from .quant import w4a16_gemm
+from .quant import w4a16_gemm, w8a16_gemm
 from .rope import rotary_embedding_
 
 OPS = {
@@ -21,6 +21,7 @@ OPS = {
     "paged_prefill_attention": paged_prefill_attention,
     "merge_attention_states": merge_attention_states,
     "w4a16_gemm": w4a16_gemm,
+    "w8a16_gemm": w8a16_gemm,
     "quantize_fp8": quantize_fp8,
     "fp8_gemm": fp8_gemm,
 }

@@ -1,8 +1,10 @@
-"""INT4 weight-only GEMM: dequantise the packed weight to float32, then one float32 matmul.
+"""Weight-only GEMMs: dequantise the weight to float32, then one float32 matmul.
 
-The layout (docs/api/quant.md): ``qweight`` int32 ``[N, K // 8]``, element ``(n, k)`` in bits
+INT4 (docs/api/quant.md): ``qweight`` int32 ``[N, K // 8]``, element ``(n, k)`` in bits
 ``4 * (k % 8)`` .. ``4 * (k % 8) + 3`` of ``qweight[n, k // 8]``; one scale (and zero point or min) per
 ``group_size`` consecutive ``k`` of a row.
+
+INT8: ``qweight`` int8 ``[N, K]``, ``w = qweight * scales[n, k // group_size]`` (symmetric, GGUF Q8_0).
 """
 
 from __future__ import annotations
@@ -30,4 +32,14 @@ def dequantize(qweight, scales, zero_points, mins, group_size: int) -> torch.Ten
 
 def w4a16_gemm(a, qweight, scales, zero_points, mins, group_size: int) -> torch.Tensor:
     w = dequantize(qweight, scales, zero_points, mins, group_size)
+    return (a.float() @ w.T).to(a.dtype)
+
+
+def dequantize_int8(qweight, scales, group_size: int) -> torch.Tensor:
+    """The float32 ``[N, K]`` weight ``q * s``."""
+    return qweight.float() * scales.float().repeat_interleave(group_size, dim=1)
+
+
+def w8a16_gemm(a, qweight, scales, group_size: int) -> torch.Tensor:
+    w = dequantize_int8(qweight, scales, group_size)
     return (a.float() @ w.T).to(a.dtype)
