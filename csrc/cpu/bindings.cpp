@@ -513,6 +513,14 @@ void check_group_tensor(const Tensor& t, int64_t n, int64_t groups, const char* 
                 "] tensor");
 }
 
+// The weight-only GEMMs' groups: 32, 64 or 128 consecutive k, dividing K.
+void check_group_size(int64_t group_size, int64_t k, const char* op) {
+  KERNELS_CHECK(group_size == 32 || group_size == 64 || group_size == 128, op,
+                ": group_size must be 32, 64 or 128; got ", group_size);
+  KERNELS_CHECK(k % group_size == 0, op, ": K = ", k, " must be a multiple of group_size = ",
+                group_size);
+}
+
 DType group_float_dtype(const Tensor& t, const char* name) {
   const ScalarType st = t.scalar_type();
   KERNELS_CHECK(st == ScalarType::Float || st == ScalarType::Half || st == ScalarType::BFloat16,
@@ -529,10 +537,7 @@ Tensor w4a16_gemm(Tensor a, Tensor qweight, Tensor scales, std::optional<Tensor>
   KERNELS_CHECK(a.dim() == 2 && a.is_contiguous(), op, ": a must be a contiguous [M, K] tensor");
   const DType dtype = float_dtype(a, op);
   const int64_t m = a.size(0), k = a.size(1);
-  KERNELS_CHECK(group_size == 32 || group_size == 64 || group_size == 128, op,
-                ": group_size must be 32, 64 or 128; got ", group_size);
-  KERNELS_CHECK(k % group_size == 0, op, ": K = ", k, " must be a multiple of group_size = ",
-                group_size);
+  check_group_size(group_size, k, op);
   check_cpu(qweight, op);
   KERNELS_CHECK(qweight.dim() == 2 && qweight.scalar_type() == ScalarType::Int &&
                     qweight.is_contiguous() && qweight.size(1) * 8 == k,
@@ -596,10 +601,7 @@ Tensor w8a16_gemm(Tensor a, Tensor qweight, Tensor scales, int64_t group_size) {
   KERNELS_CHECK(a.dim() == 2 && a.is_contiguous(), op, ": a must be a contiguous [M, K] tensor");
   const DType dtype = float_dtype(a, op);
   const int64_t m = a.size(0), k = a.size(1);
-  KERNELS_CHECK(group_size == 32 || group_size == 64 || group_size == 128, op,
-                ": group_size must be 32, 64 or 128; got ", group_size);
-  KERNELS_CHECK(k % group_size == 0, op, ": K = ", k, " must be a multiple of group_size = ",
-                group_size);
+  check_group_size(group_size, k, op);
   check_cpu(qweight, op);
   KERNELS_CHECK(qweight.dim() == 2 && qweight.scalar_type() == ScalarType::Char &&
                     qweight.is_contiguous() && qweight.size(1) == k,
