@@ -505,8 +505,8 @@ std::tuple<Tensor, Tensor> merge_attention_states(Tensor v_a, Tensor lse_a, Tens
 
 // ---- INT4 weight-only GEMM ------------------------------------------------------------------
 
-void check_group_tensor(const Tensor& t, int64_t n, int64_t groups, const char* name) {
-  constexpr const char* op = "w4a16_gemm";
+// The weight-only GEMMs' per-group tensors (scales, zero points, mins): [N, K / group_size].
+void check_group_tensor(const Tensor& t, int64_t n, int64_t groups, const char* name, const char* op) {
   check_cpu(t, op);
   KERNELS_CHECK(t.dim() == 2 && t.size(0) == n && t.size(1) == groups && t.is_contiguous(), op,
                 ": ", name, " must be a contiguous [N, K / group_size] = [", n, ", ", groups,
@@ -521,10 +521,10 @@ void check_group_size(int64_t group_size, int64_t k, const char* op) {
                 group_size);
 }
 
-DType group_float_dtype(const Tensor& t, const char* name) {
+DType group_float_dtype(const Tensor& t, const char* name, const char* op) {
   const ScalarType st = t.scalar_type();
   KERNELS_CHECK(st == ScalarType::Float || st == ScalarType::Half || st == ScalarType::BFloat16,
-                "w4a16_gemm: ", name, " must be float32, float16 or bfloat16, got ", st);
+                op, ": ", name, " must be float32, float16 or bfloat16, got ", st);
   return st == ScalarType::Float ? DType::Float32
          : st == ScalarType::Half ? DType::Float16
                                   : DType::BFloat16;
@@ -543,19 +543,19 @@ Tensor w4a16_gemm(Tensor a, Tensor qweight, Tensor scales, std::optional<Tensor>
                     qweight.is_contiguous() && qweight.size(1) * 8 == k,
                 op, ": qweight must be a contiguous int32 [N, K / 8] tensor (K = ", k, ")");
   const int64_t n = qweight.size(0), groups = k / group_size;
-  check_group_tensor(scales, n, groups, "scales");
-  const DType scale_dtype = group_float_dtype(scales, "scales");
+  check_group_tensor(scales, n, groups, "scales", op);
+  const DType scale_dtype = group_float_dtype(scales, "scales", op);
   KERNELS_CHECK(!(zero_points.has_value() && mins.has_value()), op,
                 ": zero_points and mins are exclusive");
   if (zero_points.has_value()) {
-    check_group_tensor(*zero_points, n, groups, "zero_points");
+    check_group_tensor(*zero_points, n, groups, "zero_points", op);
     KERNELS_CHECK(zero_points->scalar_type() == ScalarType::Byte, op,
                   ": zero_points must be uint8");
   }
   DType min_dtype = DType::Float32;
   if (mins.has_value()) {
-    check_group_tensor(*mins, n, groups, "mins");
-    min_dtype = group_float_dtype(*mins, "mins");
+    check_group_tensor(*mins, n, groups, "mins", op);
+    min_dtype = group_float_dtype(*mins, "mins", op);
   }
   const std::array<int64_t, 2> shape{m, n};
   Tensor out = torch::stable::new_empty(a, shape);
@@ -607,12 +607,8 @@ Tensor w8a16_gemm(Tensor a, Tensor qweight, Tensor scales, int64_t group_size) {
                     qweight.is_contiguous() && qweight.size(1) == k,
                 op, ": qweight must be a contiguous int8 [N, K] tensor (K = ", k, ")");
   const int64_t n = qweight.size(0), groups = k / group_size;
-  check_cpu(scales, op);
-  KERNELS_CHECK(scales.dim() == 2 && scales.size(0) == n && scales.size(1) == groups &&
-                    scales.is_contiguous(),
-                op, ": scales must be a contiguous [N, K / group_size] = [", n, ", ", groups,
-                "] tensor");
-  const DType scale_dtype = float_dtype(scales, op);
+  check_group_tensor(scales, n, groups, "scales", op);
+  const DType scale_dtype = group_float_dtype(scales, "scales", op);
   const std::array<int64_t, 2> shape{m, n};
   Tensor out = torch::stable::new_empty(a, shape);
   if (m == 0 || n == 0) return out;
