@@ -10,12 +10,13 @@
 
 namespace kernels::cuda::fp8 {
 
-// Problems with m <= kSmallMaxM run the swapped (out^T = b a^T) stream-K kernel of a family;
-// larger ones the GEMM as written (fp8_gemm_kernels.cuh): row-wise 128 x 192 and blockwise
+// Problems with m <= kSmallMaxM run a family's swapped (out^T = b a^T) kernel: data-parallel
+// when k <= kMaxUnsplitK or its tiles fill at most half the SMs, else stream-K; larger ones the GEMM as written (fp8_gemm_kernels.cuh): row-wise 128 x 192 and blockwise
 // 128 x 128 tiles, persistent when they fill at least kMinWaveFillPercent of their waves' slots
 // (one tile per SM each), stream-K otherwise; with fast accumulation, a stream-K 128 x 256 kernel
 // from kLargeMinM tokens and kLargeMinK deep on, a persistent ping-pong 128 x 128 one below.
 constexpr int kSmallMaxM = 128;
+constexpr int kMaxUnsplitK = 2048;
 constexpr int kLargeMinM = 512;
 constexpr int kLargeMinK = 4096;
 constexpr int kMinWaveFillPercent = 80;

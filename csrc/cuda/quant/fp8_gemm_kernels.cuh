@@ -2,10 +2,11 @@
 // instantiates one family. Operands: a e4m3 [M, K] and b e4m3 [N, K], both K-contiguous (a TN
 // GEMM: CUTLASS's row-major A and column-major B); out [M, N] row-major.
 //
-// Three kernels per family, chosen by the problem's size (fp8_gemm_families.h):
+// Four kernels per family, chosen by the problem's size (fp8_gemm_families.h):
 // - small M: swap-AB, out^T[N, M] = b a^T written column-major (= out row-major), so that N fills
-//   the 128-row wgmma tile instead of a handful of tokens, with a stream-K scheduler that splits
-//   K over the SMs when N / 128 tiles cannot fill the chip;
+//   the 128-row wgmma tile instead of a handful of tokens; data-parallel for short K or few
+//   tiles, else with a stream-K scheduler that splits K over the SMs when N / 128 tiles cannot
+//   fill the chip;
 // - larger M: the GEMM as written, warp-specialised TMA kernels, persistent where the tiles fill
 //   their waves and stream-K where they do not, or (fast accumulation) by size: stream-K for
 //   large M with long K.
@@ -266,10 +267,14 @@ struct TypeTag {
   using type = T;
 };
 
-// Which kernel past the small-M tier: Large where Split::large says so, else Mid.
-// Long problems (fast accumulation): Large from kLargeMinM tokens and kLargeMinK deep.
+// The rules that pick a family's kernel: holds(p, sm_count) says whether the problem takes the
+// first branch of Choose below.
+struct SmallM {
+  static bool holds(const Fp8GemmArgs& p, int) { return p.m <= kSmallMaxM; }
+};
+// Long problems (fast accumulation): from kLargeMinM tokens and kLargeMinK deep.
 struct LongProblems {
-  static bool large(const Fp8GemmArgs& p, int) { return p.m >= kLargeMinM && p.k >= kLargeMinK; }
+  static bool holds(const Fp8GemmArgs& p, int) { return p.m >= kLargeMinM && p.k >= kLargeMinK; }
 };
 // Ragged waves (row-wise, blockwise): the persistent kernel's tiles run in waves of one per SM,
 // so a last wave that is mostly empty idles the chip (7168 columns in 192-wide tiles at 512
@@ -278,31 +283,54 @@ struct LongProblems {
 // kernel wins by ~3% (H200, benchmarks/NOTES.md).
 template <int kTileM, int kTileN>
 struct RaggedWaves {
-  static bool large(const Fp8GemmArgs& p, int sm_count) {
+  static bool holds(const Fp8GemmArgs& p, int sm_count) {
     const int64_t tiles = int64_t((p.m + kTileM - 1) / kTileM) * ((p.n + kTileN - 1) / kTileN);
     const int64_t slots = (tiles + sm_count - 1) / sm_count * sm_count;
     return tiles * 100 < slots * kMinWaveFillPercent;
   }
 };
+// Small M, swapped (channels x tokens tiles): stream-K pays a fix-up through the workspace for
+// every tile it splits, which short K cannot repay (at K = 1536 a tile is only 12 K blocks), and
+// with at most half the SMs' worth of tiles one whole-K tile per SM beat splitting them (H100,
+// 64x7168x18432: 1.25x cuBLAS against 1.09); both take the data-parallel kernel.
+template <int kTileM, int kTileN>
+struct UnsplitSwapped {
+  static bool holds(const Fp8GemmArgs& p, int sm_count) {
+    const int64_t tiles = int64_t((p.n + kTileM - 1) / kTileM) * ((p.m + kTileN - 1) / kTileN);
+    return p.k <= kMaxUnsplitK || tiles * 2 <= sm_count;
+  }
+};
 
-// A family: the small-M kernel up to kSmallMaxM tokens; beyond, Mid or Large as Split decides.
-template <class Small, class Mid, class Large, class Split>
-struct FamilyOf {
+// A decision tree of kernels: Rule::holds ? Then : Else, each branch a Choose or a kernel type.
+template <class Rule, class Then, class Else>
+struct Choose;
+
+template <class G>
+struct Pick {  // a kernel type: hand it to f
+  template <class F>
+  static auto dispatch(const Fp8GemmArgs&, int, F&& f) { return f(TypeTag<G>{}); }
+};
+template <class Rule, class Then, class Else>
+struct Pick<Choose<Rule, Then, Else>> {
   template <class F>
   static auto dispatch(const Fp8GemmArgs& p, int sm_count, F&& f) {
-    if (p.m <= kSmallMaxM) return f(TypeTag<Small>{});
-    if (Split::large(p, sm_count)) return f(TypeTag<Large>{});
-    return f(TypeTag<Mid>{});
+    if (Rule::holds(p, sm_count)) return Pick<Then>::dispatch(p, sm_count, f);
+    return Pick<Else>::dispatch(p, sm_count, f);
   }
+};
+
+// A family: its decision tree behind the Family entry points.
+template <class Tree>
+struct FamilyOf {
   static size_t workspace_size(const Fp8GemmArgs& p, int device, int sm_count) {
-    return dispatch(p, sm_count, [&](auto tag) -> size_t {
+    return Pick<Tree>::dispatch(p, sm_count, [&](auto tag) -> size_t {
       using G = typename decltype(tag)::type;
       return G::Gemm::get_workspace_size(G::arguments(p, device, sm_count));
     });
   }
   static cudaError_t launch(const Fp8GemmArgs& p, void* workspace, int device, int sm_count,
                             cudaStream_t stream) {
-    return dispatch(p, sm_count, [&](auto tag) -> cudaError_t {
+    return Pick<Tree>::dispatch(p, sm_count, [&](auto tag) -> cudaError_t {
       using G = typename decltype(tag)::type;
       return run_gemm<typename G::Gemm>(G::arguments(p, device, sm_count), workspace, stream);
     });
@@ -322,10 +350,14 @@ using Tile192 = Shape<_128, _192, _128>;
 
 template <class Base>
 using StreamKForced = WithDecomposition<Base, cutlass::gemm::kernel::detail::DecompositionMode::StreamK>;
-// Small M, swapped: 128 channels x 64 tokens per tile, K split over the SMs where the channel
-// tiles cannot fill the chip.
+// Small M, swapped: 128 channels x 64 tokens per tile, each whole (persistent) where
+// UnsplitSwapped says so, else K split over the SMs (stream-K) where the channel tiles cannot fill
+// the chip.
+template <class ElementD, class Schedule, class Scheduler>
+using RowwiseSwapped = RowwiseGemm<ElementD, SwappedTile, Shape<_1, _1, _1>, Schedule, CooperativeEpilogue, Scheduler, true>;
 template <class ElementD, class Schedule>
-using RowwiseSwapped = RowwiseGemm<ElementD, SwappedTile, Shape<_1, _1, _1>, Schedule, CooperativeEpilogue, StreamK, true>;
+using RowwiseSmallM = Choose<UnsplitSwapped<128, 64>, RowwiseSwapped<ElementD, Schedule, Persistent>,
+                             RowwiseSwapped<ElementD, Schedule, StreamK>>;
 // Cooperative, pairs of CTAs along M sharing b's tile by TMA multicast.
 template <class ElementD, class Tile, class Schedule, class Scheduler>
 using RowwisePaired = RowwiseGemm<ElementD, Tile, Shape<_2, _1, _1>, Schedule, CooperativeEpilogue, Scheduler, false>;
@@ -337,22 +369,22 @@ using RowwisePaired = RowwiseGemm<ElementD, Tile, Shape<_2, _1, _1>, Schedule, C
 // small tier, persistent or stream-K by how well the tiles fill their waves: against 128 x 128
 // tiles it gained 10% at K = 1536, where the epilogue is a large share of a tile's time.
 template <class ElementD>
-using RowwiseFamily = FamilyOf<RowwiseSwapped<ElementD, Cooperative>,
-                               RowwisePaired<ElementD, Tile192, Cooperative, Persistent>,
-                               StreamKForced<RowwisePaired<ElementD, Tile192, Cooperative, StreamK>>,
-                               RaggedWaves<128, 192>>;
+using RowwiseFamily = FamilyOf<Choose<
+    SmallM, RowwiseSmallM<ElementD, Cooperative>,
+    Choose<RaggedWaves<128, 192>, StreamKForced<RowwisePaired<ElementD, Tile192, Cooperative, StreamK>>,
+           RowwisePaired<ElementD, Tile192, Cooperative, Persistent>>>>;
 
 // FP8 fast accumulation (use_fast_accum): one narrow accumulator over the whole of K, no second
 // register tile, so ping-pong 128 x 128 in the middle tier (one warp group's epilogue hides under
 // the other's MMAs) and 128 x 256 stream-K tiles for long problems.
 template <class ElementD>
-using RowwiseFastFamily = FamilyOf<
-    RowwiseSwapped<ElementD, cutlass::gemm::KernelTmaWarpSpecializedCooperativeFP8FastAccum>,
-    RowwiseGemm<ElementD, Tile128, Shape<_2, _1, _1>, cutlass::gemm::KernelTmaWarpSpecializedPingpongFP8FastAccum,
-                cutlass::epilogue::TmaWarpSpecialized, Persistent, false>,
-    StreamKForced<RowwisePaired<ElementD, Shape<_128, _256, _128>,
-                                cutlass::gemm::KernelTmaWarpSpecializedCooperativeFP8FastAccum, StreamK>>,
-    LongProblems>;
+using RowwiseFastFamily = FamilyOf<Choose<
+    SmallM, RowwiseSmallM<ElementD, cutlass::gemm::KernelTmaWarpSpecializedCooperativeFP8FastAccum>,
+    Choose<LongProblems,
+           StreamKForced<RowwisePaired<ElementD, Shape<_128, _256, _128>,
+                                       cutlass::gemm::KernelTmaWarpSpecializedCooperativeFP8FastAccum, StreamK>>,
+           RowwiseGemm<ElementD, Tile128, Shape<_2, _1, _1>, cutlass::gemm::KernelTmaWarpSpecializedPingpongFP8FastAccum,
+                       cutlass::epilogue::TmaWarpSpecialized, Persistent, false>>>>;
 
 // Blockwise: 128 x 256 tiles fail the collective's static assertions (CUTLASS 4.2), 256 x 128
 // tiles spill registers. Small M swapped as above; beyond, 128 x 128 tiles: persistent with pairs
@@ -360,9 +392,11 @@ using RowwiseFastFamily = FamilyOf<
 // (its heuristic decomposition) with pairs along N sharing a's tile (each the better of the two
 // cluster shapes for its scheduler, H200).
 template <class ElementD>
-using BlockwiseFamily = FamilyOf<BlockwiseGemm<ElementD, SwappedTile, Shape<_1, _1, _1>, StreamK, true>,
-                                 BlockwiseGemm<ElementD, Tile128, Shape<_2, _1, _1>, Persistent, false>,
-                                 BlockwiseGemm<ElementD, Tile128, Shape<_1, _2, _1>, StreamK, false>,
-                                 RaggedWaves<128, 128>>;
+using BlockwiseFamily = FamilyOf<Choose<
+    SmallM,
+    Choose<UnsplitSwapped<128, 64>, BlockwiseGemm<ElementD, SwappedTile, Shape<_1, _1, _1>, Persistent, true>,
+           BlockwiseGemm<ElementD, SwappedTile, Shape<_1, _1, _1>, StreamK, true>>,
+    Choose<RaggedWaves<128, 128>, BlockwiseGemm<ElementD, Tile128, Shape<_1, _2, _1>, StreamK, false>,
+           BlockwiseGemm<ElementD, Tile128, Shape<_2, _1, _1>, Persistent, false>>>>;
 
 }  // namespace kernels::cuda::fp8
