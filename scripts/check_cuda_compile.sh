@@ -4,7 +4,7 @@
 # against the torch headers of the given (or PATH's) python, with the build's flags. Prints one
 # summary line; exits non-zero on any error, after printing the failing compiler output.
 #
-#   scripts/check_cuda_compile.sh [PYTHON]        (NVCC, CXX override the compilers)
+#   scripts/check_cuda_compile.sh [PYTHON]   (NVCC, CXX override the compilers; JOBS, default nproc)
 set -uo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 PY=${1:-$(command -v python || command -v python3)}
@@ -26,21 +26,33 @@ cd "$ROOT"
 mapfile -t CU < <(find csrc/cuda -name '*.cu' | sort)
 mapfile -t CPP < <(find csrc/cuda -name '*.cpp' | sort)
 start=$(date +%s)
-failed=()
+JOBS=${JOBS:-$(nproc)}
 
-compile() {  # compile LOG COMMAND...: run it, keep its output, note a failure
+# Each file compiles as a job of its own, JOBS at a time (CUTLASS's files take minutes each);
+# a job leaves its compiler output in LOG and, if it failed, LOG.failed.
+compile() {  # compile LOG COMMAND...
   local log=$1; shift
-  "$@" >"$log" 2>&1 || { failed+=("$log"); cat "$log" >&2; }
+  "$@" >"$log" 2>&1 || touch "$log.failed"
 }
+throttle() { while [ "$(jobs -rp | wc -l)" -ge "$JOBS" ]; do wait -n; done; }
 for f in "${CU[@]}"; do
+  throttle
   compile "$TMP/$(basename "$f").log" "$NVCC" -std=c++17 -O3 --use_fast_math \
     --expt-relaxed-constexpr -gencode arch=compute_90a,code=sm_90a -Xptxas -v -Icsrc \
-    -I"$CUTLASS/include" -I"$CUTLASS/tools/util/include" -c "$f" -o "$TMP/$(basename "$f").o"
+    -I"$CUTLASS/include" -I"$CUTLASS/tools/util/include" -c "$f" -o "$TMP/$(basename "$f").o" &
 done
 for f in "${CPP[@]}"; do
+  throttle
   compile "$TMP/$(basename "$f").log" "$CXX" -std=c++17 -O1 -Wall -fPIC \
     -DTORCH_TARGET_VERSION=0x020a000000000000 -I"$TORCH_INCLUDE" -I"$CUDA_INCLUDE" -Icsrc \
-    -c "$f" -o "$TMP/$(basename "$f").o"
+    -c "$f" -o "$TMP/$(basename "$f").o" &
+done
+wait
+failed=()
+for marker in "$TMP"/*.failed; do
+  [ -e "$marker" ] || continue
+  failed+=("$marker")
+  cat "${marker%.failed}" >&2
 done
 
 # ptxas reports every kernel's spills; they are not errors, but the summary counts them.
