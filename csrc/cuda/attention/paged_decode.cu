@@ -146,28 +146,46 @@ __device__ __forceinline__ void merge_if_last(const DecodeParams& p, int b, int 
     }
   }
   __syncthreads();
-  // Four dims per thread; the splits' loads are independent (unrolled: several in flight).
+  // Four dims per unit, each thread's units together: every split's loads of all of them are
+  // independent, so unrolling over splits keeps ~32 L2 loads in flight per thread (one unit at a
+  // time left 16, and the merge's round trips were the tail of a split launch).
+  constexpr int kUnits = (GP * (D / 4) + kThreads - 1) / kThreads;
+  constexpr int kUnroll = kUnits >= 16 ? 2 : 32 / kUnits;
   const float* po = p.part_out + (static_cast<int64_t>(b) * S * p.num_heads + head0) * D;
   const int64_t split_stride = static_cast<int64_t>(p.num_heads) * D;
-  for (int u = tid; u < nh * (D / 4); u += kThreads) {
-    const int g = u / (D / 4);
-    const int d0 = u % (D / 4) * 4;
-    const float* src = po + g * D + d0;
-    float acc[4] = {0.f, 0.f, 0.f, 0.f};
-#pragma unroll 16
-    for (int s = 0; s < S; ++s) {
-      const float f = w[s * GP + g];
-      const float4 x = __ldcg(reinterpret_cast<const float4*>(src + s * split_stride));
-      acc[0] += f * x.x;
-      acc[1] += f * x.y;
-      acc[2] += f * x.z;
-      acc[3] += f * x.w;
-    }
-    const float k = inv[g];
+  const int units = nh * (D / 4);
+  int head[kUnits];
+  const float* src[kUnits];
+  float acc[kUnits][4];
 #pragma unroll
-    for (int e = 0; e < 4; ++e) acc[e] *= k;
-    T* out = static_cast<T*>(p.out) + (static_cast<int64_t>(b) * p.num_heads + head0 + g) * D + d0;
-    store_vec<4, true>(out, pack<T>(acc));
+  for (int j = 0; j < kUnits; ++j) {
+    const int u = min(tid + j * kThreads, units - 1);  // past the end: never loaded nor stored
+    head[j] = u / (D / 4);
+    src[j] = po + head[j] * D + u % (D / 4) * 4;
+    acc[j][0] = acc[j][1] = acc[j][2] = acc[j][3] = 0.f;
+  }
+#pragma unroll kUnroll
+  for (int s = 0; s < S; ++s) {
+#pragma unroll
+    for (int j = 0; j < kUnits; ++j) {
+      if (tid + j * kThreads >= units) continue;
+      const float f = w[s * GP + head[j]];
+      const float4 x = __ldcg(reinterpret_cast<const float4*>(src[j] + s * split_stride));
+      acc[j][0] += f * x.x;
+      acc[j][1] += f * x.y;
+      acc[j][2] += f * x.z;
+      acc[j][3] += f * x.w;
+    }
+  }
+#pragma unroll
+  for (int j = 0; j < kUnits; ++j) {
+    const int u = tid + j * kThreads;
+    if (u >= units) continue;
+    const float k = inv[head[j]];
+#pragma unroll
+    for (int e = 0; e < 4; ++e) acc[j][e] *= k;
+    T* out = static_cast<T*>(p.out) + (static_cast<int64_t>(b) * p.num_heads + head0 + head[j]) * D + u % (D / 4) * 4;
+    store_vec<4, true>(out, pack<T>(acc[j]));
   }
 }
 
