@@ -295,23 +295,30 @@ __global__ void __launch_bounds__(Tiling<D>::kThreads, 4)
   const int load_row = tid / kLpt;
   const int n_tiles = (end - start + kTile - 1) / kTile;
 
-  auto fetch_pages = [&](int tile, int (&pages)[Tl::kLoadsPerThread]) {
+  // A tile's rows for this thread: their pages (loaded a tile ahead) and, found by the same
+  // division, their element offsets inside a page (head and chunk included).
+  struct Rows {
+    int page[Tl::kLoadsPerThread];
+    int64_t in_page[Tl::kLoadsPerThread];
+  };
+  const int64_t page_stride = token_stride * ps;
+  auto fetch_pages = [&](int tile, Rows& rows) {
 #pragma unroll
     for (int k = 0; k < Tl::kLoadsPerThread; ++k) {
       const int token = start + tile * kTile + load_row + k * Tl::kRowsPerPass;
-      pages[k] = tile < n_tiles && token < end ? pt[p.page_div.div(token)] : 0;
+      const int logical = p.page_div.div(token);
+      rows.in_page[k] = (token - logical * ps) * token_stride + head_off;
+      rows.page[k] = tile < n_tiles && token < end ? pt[logical] : 0;
     }
   };
-  auto issue = [&](int tile, const int (&pages)[Tl::kLoadsPerThread]) {
+  auto issue = [&](int tile, const Rows& rows) {
     if (tile < n_tiles) {
       char* ks = smem + (tile % kStages) * Tl::kStageBytes;
 #pragma unroll
       for (int k = 0; k < Tl::kLoadsPerThread; ++k) {
         const int row = load_row + k * Tl::kRowsPerPass;
-        const int token = start + tile * kTile + row;
-        const bool valid = token < end;
-        const int in_page = token - p.page_div.div(token) * ps;
-        const int64_t off = valid ? (static_cast<int64_t>(pages[k]) * ps + in_page) * token_stride + head_off : 0;
+        const bool valid = start + tile * kTile + row < end;
+        const int64_t off = valid ? rows.page[k] * page_stride + rows.in_page[k] : 0;
         const int dst = swz<D>(row, c);
         cp_async_16(ks + dst, kc + off, valid);
         cp_async_16(ks + Tl::kHalfBytes + dst, vc + off, valid);
@@ -328,11 +335,11 @@ __global__ void __launch_bounds__(Tiling<D>::kThreads, 4)
   for (int n = 0; n < D / 8; ++n) o[n][0] = o[n][1] = 0.f;
 
   {
-    int pages[Tl::kLoadsPerThread];
-    fetch_pages(0, pages);
-    issue(0, pages);
-    fetch_pages(1, pages);
-    issue(1, pages);
+    Rows rows;
+    fetch_pages(0, rows);
+    issue(0, rows);
+    fetch_pages(1, rows);
+    issue(1, rows);
   }
   const int t0 = warp * 16;  // the warp's 16 tokens of each tile
   // ldmatrix row addresses: lane / 8 picks the 8x8 matrix, lane % 8 its row.
@@ -350,8 +357,8 @@ __global__ void __launch_bounds__(Tiling<D>::kThreads, 4)
     // The page indices of tile + 2 load while this tile is consumed (head_dim 256: after it,
     // registers).
     constexpr bool kPrefetch = Tl::kLoadsPerThread <= 8;
-    int pages[Tl::kLoadsPerThread];
-    if constexpr (kPrefetch) fetch_pages(tile + 2, pages);
+    Rows rows;
+    if constexpr (kPrefetch) fetch_pages(tile + 2, rows);
     cp_async_wait<1>();  // this tile's group has landed (the next one may still fly)
     __syncthreads();     // ... for every thread; and the stage of tile - 1 is free again
 
@@ -418,8 +425,8 @@ __global__ void __launch_bounds__(Tiling<D>::kThreads, 4)
       mma_top<T>(o[2 * n][0], o[2 * n][1], pa0, pa1, vb[0], vb[1]);
       mma_top<T>(o[2 * n + 1][0], o[2 * n + 1][1], pa0, pa1, vb[2], vb[3]);
     }
-    if constexpr (!kPrefetch) fetch_pages(tile + 2, pages);
-    issue(tile + 2, pages);
+    if constexpr (!kPrefetch) fetch_pages(tile + 2, rows);
+    issue(tile + 2, rows);
   }
   cp_async_wait<0>();
   l += __shfl_xor_sync(0xffffffffu, l, 1);
