@@ -232,46 +232,9 @@ __global__ void __launch_bounds__(Tiling<D>::kThreads, 4)
       bad |= page < 0 || page >= p.num_pages;
     }
   }
-  bad = __syncthreads_or(bad);
-
-  // Result writers. Direct: out (T) and lse (natural log). Split: float32 partials, lse in log2.
-  const bool direct = p.splits == 1;
-  auto write_lse = [&](int g, float lse2) {
-    const int h = head0 + g;
-    if (direct) {
-      p.lse[static_cast<int64_t>(b) * p.num_heads + h] = lse2 * kLn2;
-    } else {
-      p.part_lse[(static_cast<int64_t>(b) * p.splits + split) * p.num_heads + h] = lse2;
-    }
-  };
-  auto write_out = [&](int g, int d0, const float (&o)[8]) {
-    const int h = head0 + g;
-    if (direct) {
-      T* out = static_cast<T*>(p.out) + (static_cast<int64_t>(b) * p.num_heads + h) * D + d0;
-      store_vec<8, true>(out, pack<T>(o));
-    } else {
-      float* out = p.part_out + ((static_cast<int64_t>(b) * p.splits + split) * p.num_heads + h) * D + d0;
-      reinterpret_cast<float4*>(out)[0] = make_float4(o[0], o[1], o[2], o[3]);
-      reinterpret_cast<float4*>(out)[1] = make_float4(o[4], o[5], o[6], o[7]);
-    }
-  };
-  if (bad || start >= end) {
-    // NaN for bad input; an empty split (splits > 1 only) has lse -inf and out 0 (its merge
-    // weight is 0).
-    const float fill = bad ? __int_as_float(0x7fc00000) : -INFINITY;
-    for (int u = tid; u < nh * (D / 8); u += kThreads) {
-      const int g = u / (D / 8);
-      const int d0 = u % (D / 8) * 8;
-      float o[8];
-#pragma unroll
-      for (int e = 0; e < 8; ++e) o[e] = bad ? fill : 0.f;
-      write_out(g, d0, o);
-      if (d0 == 0) write_lse(g, fill);
-    }
-    if (!direct) merge_if_last<T, D, GP, kThreads>(p, b, head0, nh, smem);
-    return;
-  }
-
+  // Everything that reads no K / V goes out before the barrier that settles `bad`, so that its
+  // latency overlaps the page check's instead of following it: q, and the page-table entries of
+  // the first two tiles (inside the table whatever the pages hold; a bad CTA has no tiles).
   // The group's q as mma A fragments (rows = heads, padded to 16 with zeros; raw, unscaled):
   // qa[k][0] = q[qr][16k + 2qc, +1], qa[k][1] = q[qr][16k + 8 + 2qc, +1].
   // Head_dim 256 re-reads them (L1) every tile instead: registers.
@@ -327,6 +290,49 @@ __global__ void __launch_bounds__(Tiling<D>::kThreads, 4)
     cp_async_commit();  // possibly empty: keeps one group per tile for the waits
   };
 
+  Rows first_rows[2];
+  fetch_pages(0, first_rows[0]);
+  fetch_pages(1, first_rows[1]);
+  bad = __syncthreads_or(bad);
+
+  // Result writers. Direct: out (T) and lse (natural log). Split: float32 partials, lse in log2.
+  const bool direct = p.splits == 1;
+  auto write_lse = [&](int g, float lse2) {
+    const int h = head0 + g;
+    if (direct) {
+      p.lse[static_cast<int64_t>(b) * p.num_heads + h] = lse2 * kLn2;
+    } else {
+      p.part_lse[(static_cast<int64_t>(b) * p.splits + split) * p.num_heads + h] = lse2;
+    }
+  };
+  auto write_out = [&](int g, int d0, const float (&o)[8]) {
+    const int h = head0 + g;
+    if (direct) {
+      T* out = static_cast<T*>(p.out) + (static_cast<int64_t>(b) * p.num_heads + h) * D + d0;
+      store_vec<8, true>(out, pack<T>(o));
+    } else {
+      float* out = p.part_out + ((static_cast<int64_t>(b) * p.splits + split) * p.num_heads + h) * D + d0;
+      reinterpret_cast<float4*>(out)[0] = make_float4(o[0], o[1], o[2], o[3]);
+      reinterpret_cast<float4*>(out)[1] = make_float4(o[4], o[5], o[6], o[7]);
+    }
+  };
+  if (bad || start >= end) {
+    // NaN for bad input; an empty split (splits > 1 only) has lse -inf and out 0 (its merge
+    // weight is 0).
+    const float fill = bad ? __int_as_float(0x7fc00000) : -INFINITY;
+    for (int u = tid; u < nh * (D / 8); u += kThreads) {
+      const int g = u / (D / 8);
+      const int d0 = u % (D / 8) * 8;
+      float o[8];
+#pragma unroll
+      for (int e = 0; e < 8; ++e) o[e] = bad ? fill : 0.f;
+      write_out(g, d0, o);
+      if (d0 == 0) write_lse(g, fill);
+    }
+    if (!direct) merge_if_last<T, D, GP, kThreads>(p, b, head0, nh, smem);
+    return;
+  }
+
   // Per warp: the online softmax of row qr (m, this lane's part of l) and the lane's
   // accumulator fragments o[n] = out[qr][8n + 2qc, +1].
   float m = kNoMax, l = 0.f;
@@ -334,13 +340,8 @@ __global__ void __launch_bounds__(Tiling<D>::kThreads, 4)
 #pragma unroll
   for (int n = 0; n < D / 8; ++n) o[n][0] = o[n][1] = 0.f;
 
-  {
-    Rows rows;
-    fetch_pages(0, rows);
-    issue(0, rows);
-    fetch_pages(1, rows);
-    issue(1, rows);
-  }
+  issue(0, first_rows[0]);
+  issue(1, first_rows[1]);
   const int t0 = warp * 16;  // the warp's 16 tokens of each tile
   // ldmatrix row addresses: lane / 8 picks the 8x8 matrix, lane % 8 its row.
   const int mi = lane / 8;
