@@ -42,11 +42,15 @@ OPS = (
 
 
 def _forward(op: str):
-    """Calls torch.ops.kernels.<op> with the dispatch arguments; looked up at call time, since the
-    schema exists only once the library is loaded."""
+    """Calls torch.ops.kernels.<op> with the dispatch arguments; looked up at the first call, since
+    the schema exists only once the library is loaded, and kept."""
+    handle = None
 
     def call(*args):
-        return getattr(torch.ops.kernels, op)(*args)
+        nonlocal handle
+        if handle is None:
+            handle = getattr(torch.ops.kernels, op).default
+        return handle(*args)
 
     call.__name__ = op
     return call
