@@ -2,7 +2,7 @@
 //
 // One CTA per (sequence, KV head, group of up to 8 query heads, KV split). The CTA streams its
 // token range through shared memory in tiles of 16 KB (K and V, 8 KB each: 64 / 32 / 16 tokens for
-// head_dim 64 / 128 / 256) with cp.async, three stages deep: two tiles (32 KB) are in flight while
+// head_dim 64 / 128 / 256) with cp.async, kStages (3) deep: two tiles (32 KB) are in flight while
 // one is consumed. Every 16-byte chunk finds its own page, so any page size works and a page
 // boundary may fall anywhere in a tile. Tensor cores do the math: one warp per 16 tokens of a
 // tile, S = q K^T and P V by mma.sync m16n8k16 with the group's query heads as the A rows (padded
@@ -37,6 +37,9 @@ constexpr float kLn2 = 0.6931471805599453f;
 // The running max before any token: finite, so exp2(m - m_new) never sees inf - inf.
 constexpr float kNoMax = -1e30f;
 constexpr int kStages = 3;
+// Tiles in flight while one is read: the stage being filled must never be the one being read.
+constexpr int kAhead = kStages - 1;
+static_assert(kAhead >= 1, "the pipeline needs a stage to fill while one is read");
 constexpr int kMaxSplits = 256;
 // Two tiles of head_dim 128: a split short enough that a lone sequence spreads over the machine
 // (each CTA streams its tokens one tile round trip at a time; benchmarks/NOTES.md).
@@ -290,9 +293,9 @@ __global__ void __launch_bounds__(Tiling<D>::kThreads, 4)
     cp_async_commit();  // possibly empty: keeps one group per tile for the waits
   };
 
-  Rows first_rows[2];
-  fetch_pages(0, first_rows[0]);
-  fetch_pages(1, first_rows[1]);
+  Rows first_rows[kAhead];
+#pragma unroll
+  for (int t = 0; t < kAhead; ++t) fetch_pages(t, first_rows[t]);
   bad = __syncthreads_or(bad);
 
   // Result writers. Direct: out (T) and lse (natural log). Split: float32 partials, lse in log2.
@@ -340,8 +343,8 @@ __global__ void __launch_bounds__(Tiling<D>::kThreads, 4)
 #pragma unroll
   for (int n = 0; n < D / 8; ++n) o[n][0] = o[n][1] = 0.f;
 
-  issue(0, first_rows[0]);
-  issue(1, first_rows[1]);
+#pragma unroll
+  for (int t = 0; t < kAhead; ++t) issue(t, first_rows[t]);
   const int t0 = warp * 16;  // the warp's 16 tokens of each tile
   // ldmatrix row addresses: lane / 8 picks the 8x8 matrix, lane % 8 its row.
   const int mi = lane / 8;
@@ -355,12 +358,12 @@ __global__ void __launch_bounds__(Tiling<D>::kThreads, 4)
     v_off[i] = swz<D>(v_row, 2 * i + v_c);
   }
   for (int tile = 0; tile < n_tiles; ++tile) {
-    // The page indices of tile + 2 load while this tile is consumed (head_dim 256: after it,
-    // registers).
+    // The page indices of tile + kAhead load while this tile is consumed (head_dim 256: after
+    // it, registers).
     constexpr bool kPrefetch = Tl::kLoadsPerThread <= 8;
     Rows rows;
-    if constexpr (kPrefetch) fetch_pages(tile + 2, rows);
-    cp_async_wait<1>();  // this tile's group has landed (the next one may still fly)
+    if constexpr (kPrefetch) fetch_pages(tile + kAhead, rows);
+    cp_async_wait<kAhead - 1>();  // this tile's group has landed (later ones may still fly)
     __syncthreads();     // ... for every thread; and the stage of tile - 1 is free again
 
     const char* ks = smem + (tile % kStages) * Tl::kStageBytes;
@@ -426,8 +429,8 @@ __global__ void __launch_bounds__(Tiling<D>::kThreads, 4)
       mma_top<T>(o[2 * n][0], o[2 * n][1], pa0, pa1, vb[0], vb[1]);
       mma_top<T>(o[2 * n + 1][0], o[2 * n + 1][1], pa0, pa1, vb[2], vb[3]);
     }
-    if constexpr (!kPrefetch) fetch_pages(tile + 2, rows);
-    issue(tile + 2, rows);
+    if constexpr (!kPrefetch) fetch_pages(tile + kAhead, rows);
+    issue(tile + kAhead, rows);
   }
   cp_async_wait<0>();
   l += __shfl_xor_sync(0xffffffffu, l, 1);
