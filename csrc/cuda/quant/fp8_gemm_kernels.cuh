@@ -276,28 +276,33 @@ struct SmallM {
 struct LongProblems {
   static bool holds(const Fp8GemmArgs& p, int) { return p.m >= kLargeMinM && p.k >= kLargeMinK; }
 };
+// Output tiles of a (rows x cols) problem in Tile's (M x N) tiles.
+template <class Tile>
+int64_t tile_count(int64_t rows, int64_t cols) {
+  constexpr int64_t tm = size<0>(Tile{}), tn = size<1>(Tile{});
+  return (rows + tm - 1) / tm * ((cols + tn - 1) / tn);
+}
 // Ragged waves (row-wise, blockwise): the persistent kernel's tiles run in waves of one per SM,
 // so a last wave that is mostly empty idles the chip (7168 columns in 192-wide tiles at 512
 // tokens are 152 tiles, 1.15 waves of 132): below kMinWaveFillPercent of the waves' slots, the
 // stream-K kernel, which shares the last wave's work out in K slices. On full waves the persistent
 // kernel wins by ~3% (H200, benchmarks/NOTES.md).
-template <int kTileM, int kTileN>
+template <class Tile>
 struct RaggedWaves {
   static bool holds(const Fp8GemmArgs& p, int sm_count) {
-    const int64_t tiles = int64_t((p.m + kTileM - 1) / kTileM) * ((p.n + kTileN - 1) / kTileN);
+    const int64_t tiles = tile_count<Tile>(p.m, p.n);
     const int64_t slots = (tiles + sm_count - 1) / sm_count * sm_count;
     return tiles * 100 < slots * kMinWaveFillPercent;
   }
 };
-// Small M, swapped (channels x tokens tiles): stream-K pays a fix-up through the workspace for
+// Small M, swapped (Tile: channels x tokens): stream-K pays a fix-up through the workspace for
 // every tile it splits, which short K cannot repay (at K = 1536 a tile is only 12 K blocks), and
 // with at most half the SMs' worth of tiles one whole-K tile per SM beat splitting them (H100,
 // 64x7168x18432: 1.25x cuBLAS against 1.09); both take the data-parallel kernel.
-template <int kTileM, int kTileN>
+template <class Tile>
 struct UnsplitSwapped {
   static bool holds(const Fp8GemmArgs& p, int sm_count) {
-    const int64_t tiles = int64_t((p.n + kTileM - 1) / kTileM) * ((p.m + kTileN - 1) / kTileN);
-    return p.k <= kMaxUnsplitK || tiles * 2 <= sm_count;
+    return p.k <= kMaxUnsplitK || tile_count<Tile>(p.n, p.m) * 2 <= sm_count;
   }
 };
 
@@ -350,14 +355,15 @@ using Tile192 = Shape<_128, _192, _128>;
 
 template <class Base>
 using StreamKForced = WithDecomposition<Base, cutlass::gemm::kernel::detail::DecompositionMode::StreamK>;
-// Small M, swapped: 128 channels x 64 tokens per tile, each whole (persistent) where
-// UnsplitSwapped says so, else K split over the SMs (stream-K) where the channel tiles cannot fill
-// the chip.
+// Small M, swapped: 128 channels x 64 tokens per tile, each whole (the Unsplit kernel, persistent)
+// where UnsplitSwapped says so, else K split over the SMs (Split, stream-K) where the channel tiles
+// cannot fill the chip.
+template <class Unsplit, class Split>
+using SwappedSmallM = Choose<UnsplitSwapped<SwappedTile>, Unsplit, Split>;
 template <class ElementD, class Schedule, class Scheduler>
 using RowwiseSwapped = RowwiseGemm<ElementD, SwappedTile, Shape<_1, _1, _1>, Schedule, CooperativeEpilogue, Scheduler, true>;
 template <class ElementD, class Schedule>
-using RowwiseSmallM = Choose<UnsplitSwapped<128, 64>, RowwiseSwapped<ElementD, Schedule, Persistent>,
-                             RowwiseSwapped<ElementD, Schedule, StreamK>>;
+using RowwiseSmallM = SwappedSmallM<RowwiseSwapped<ElementD, Schedule, Persistent>, RowwiseSwapped<ElementD, Schedule, StreamK>>;
 // Cooperative, pairs of CTAs along M sharing b's tile by TMA multicast.
 template <class ElementD, class Tile, class Schedule, class Scheduler>
 using RowwisePaired = RowwiseGemm<ElementD, Tile, Shape<_2, _1, _1>, Schedule, CooperativeEpilogue, Scheduler, false>;
@@ -371,7 +377,7 @@ using RowwisePaired = RowwiseGemm<ElementD, Tile, Shape<_2, _1, _1>, Schedule, C
 template <class ElementD>
 using RowwiseFamily = FamilyOf<Choose<
     SmallM, RowwiseSmallM<ElementD, Cooperative>,
-    Choose<RaggedWaves<128, 192>, StreamKForced<RowwisePaired<ElementD, Tile192, Cooperative, StreamK>>,
+    Choose<RaggedWaves<Tile192>, StreamKForced<RowwisePaired<ElementD, Tile192, Cooperative, StreamK>>,
            RowwisePaired<ElementD, Tile192, Cooperative, Persistent>>>>;
 
 // FP8 fast accumulation (use_fast_accum): one narrow accumulator over the whole of K, no second
@@ -394,9 +400,9 @@ using RowwiseFastFamily = FamilyOf<Choose<
 template <class ElementD>
 using BlockwiseFamily = FamilyOf<Choose<
     SmallM,
-    Choose<UnsplitSwapped<128, 64>, BlockwiseGemm<ElementD, SwappedTile, Shape<_1, _1, _1>, Persistent, true>,
-           BlockwiseGemm<ElementD, SwappedTile, Shape<_1, _1, _1>, StreamK, true>>,
-    Choose<RaggedWaves<128, 128>, BlockwiseGemm<ElementD, Tile128, Shape<_1, _2, _1>, StreamK, false>,
+    SwappedSmallM<BlockwiseGemm<ElementD, SwappedTile, Shape<_1, _1, _1>, Persistent, true>,
+                  BlockwiseGemm<ElementD, SwappedTile, Shape<_1, _1, _1>, StreamK, true>>,
+    Choose<RaggedWaves<Tile128>, BlockwiseGemm<ElementD, Tile128, Shape<_1, _2, _1>, StreamK, false>,
            BlockwiseGemm<ElementD, Tile128, Shape<_2, _1, _1>, Persistent, false>>>>;
 
 }  // namespace kernels::cuda::fp8
