@@ -173,8 +173,8 @@ class CudaGraphRunner:
             torch.cuda.synchronize(self.device)
 
     def run(self, batch: ForwardBatch) -> torch.Tensor:
-        """The float32 logits ``[batch.batch_size, vocab]`` of a decode batch (see :meth:`can_run`),
-        as the model's forward gives them, its K/V written to the cache."""
+        """The logits ``[batch.batch_size, vocab]`` (the model dtype) of a decode batch (see
+        :meth:`can_run`), as the model's forward gives them, its K/V written to the cache."""
         n = bucket_for(self.sizes, batch.batch_size)
         with torch.inference_mode():
             self.inputs.load(batch, n)

@@ -296,6 +296,9 @@ std::tuple<Tensor, Tensor> paged_decode_attention(Tensor q, Tensor k_cache, Tens
                                                   double scale, int64_t window, double soft_cap) {
   constexpr const char* op = "paged_decode_attention";
   const CacheShape c = check_cache(k_cache, v_cache, op);
+  // A strided q (the q slice of a fused qkv) is copied: one row per sequence, cheap next to the
+  // context's K / V.
+  if (q.dim() == 3 && !q.is_contiguous()) q = torch::stable::contiguous(q);
   const DType dtype = check_query(q, k_cache, c, op);
   const int64_t batch = q.size(0), heads = q.size(1);
   check_int32(page_table, 2, "page_table", op);

@@ -242,7 +242,8 @@ AttentionShape check_attention(const Tensor& q, const Tensor& k_cache, const Ten
   check_on(q, device, "q");
   check_caches(k_cache, v_cache, device, op);
   check_on(page_table, device, "page_table");
-  KERNELS_CHECK(q.dim() == 3 && q.is_contiguous(), op, ": q must be contiguous [tokens, heads, head_dim]");
+  KERNELS_CHECK(q.dim() == 3 && q.stride(2) == 1 && (q.size(1) == 1 || q.stride(1) == q.size(2)), op,
+                ": q must be [tokens, heads, head_dim] with contiguous heads");
   AttentionShape a{attention_dtype(q, op), q.size(1), q.size(2), k_cache.size(1), k_cache.size(2),
                    page_table.size(1)};
   KERNELS_CHECK(k_cache.scalar_type() == q.scalar_type(), op, ": the caches must have q's dtype");
@@ -287,13 +288,17 @@ std::tuple<Tensor, Tensor> paged_decode_attention(Tensor q, Tensor k_cache, Tens
   Tensor out = torch::stable::new_empty(q, {batch, heads, head_dim});
   Tensor lse = torch::stable::new_empty(q, {batch, heads}, ScalarType::Float);
   if (batch == 0) return std::make_tuple(out, lse);
+  // q may be a strided view (the q slice of a fused qkv): read in place when its rows stay
+  // 16-byte aligned, which the kernel's loads need.
+  if (q.stride(0) % 8 != 0 && batch > 1) q = torch::stable::contiguous(q);
   const DecodeShape shape{batch,
                           static_cast<int>(heads),
                           static_cast<int>(kv_heads),
                           static_cast<int>(head_dim),
                           static_cast<int>(page_size),
                           static_cast<int>(max_pages),
-                          k_cache.size(0)};
+                          k_cache.size(0),
+                          batch > 1 ? q.stride(0) : heads * head_dim};
   const DeviceGuard guard(device);
   const int splits = max_pages == 0 ? 1 : paged_decode_splits(shape, window_i, device);
   // The split partials come from torch's caching allocator (stream-ordered, graph-capture safe).
@@ -326,6 +331,7 @@ std::tuple<Tensor, Tensor> paged_prefill_attention(Tensor q, Tensor k_cache, Ten
   const int32_t device = q.get_device_index();
   const int64_t batch = page_table.size(0), total_q = q.size(0);
   const AttentionShape a = check_attention(q, k_cache, v_cache, page_table, batch, op);
+  KERNELS_CHECK(q.is_contiguous(), op, ": q must be contiguous");
   check_lengths(qo_indptr, batch + 1, device, "qo_indptr", op);
   check_lengths(kv_lens, batch, device, "kv_lens", op);
   const int window_i = check_window(window, op);

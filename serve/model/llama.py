@@ -29,7 +29,7 @@ from torch import nn
 from ..forward_batch import ForwardBatch
 from .config import ModelConfig
 from .embedding import embedding
-from .linear import Int4Weight, Int8Weight, linear
+from .linear import Int4Weight, Int8Weight, linear, prefer_cublaslt
 
 # A decoder layer's projections and the Hugging Face weights each one fuses, in row order.
 LAYER_LINEARS = {
@@ -167,7 +167,7 @@ class CausalLM(nn.Module):
 
     @torch.inference_mode()
     def forward(self, batch: ForwardBatch, kv_caches: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
-        """Run one step and return the float32 logits ``[batch.batch_size, vocab]``.
+        """Run one step and return the logits (the model dtype) ``[batch.batch_size, vocab]``.
 
         Row ``i`` is the logits of token ``batch.logits_indices[i]``. Each layer's new K/V are
         written to ``kv_caches[layer]`` (``(k_cache, v_cache)``, each
@@ -176,6 +176,10 @@ class CausalLM(nn.Module):
         """
         if len(kv_caches) != self.config.num_layers:
             raise ValueError(f"kv_caches must hold one (k, v) pair per layer ({self.config.num_layers}); got {len(kv_caches)}")
+        with prefer_cublaslt(self.device):
+            return self._forward(batch, kv_caches)
+
+    def _forward(self, batch: ForwardBatch, kv_caches) -> torch.Tensor:
         eps = self.config.rms_norm_eps
         residual = embedding(batch.input_ids, self.embed_tokens, self.dtype)
         x = kernels.rms_norm(residual, self.layers[0].input_layernorm, eps)
@@ -187,7 +191,7 @@ class CausalLM(nn.Module):
             x = linear(kernels.silu_and_mul(linear(x, layer.gate_up_proj)), layer.down_proj)
         kernels.fused_add_rms_norm_(x, residual, self.norm, eps)
         # Only the rows whose next token is sampled go through the (vocab-wide) head.
-        return linear(x[batch.logits_indices], self.lm_head).float()
+        return linear(x[batch.logits_indices], self.lm_head)
 
     def _attention(self, layer: DecoderLayer, x: torch.Tensor, batch: ForwardBatch, kv_cache) -> torch.Tensor:
         c, n = self.config, x.shape[0]
@@ -200,14 +204,13 @@ class CausalLM(nn.Module):
         kernels.rotary_embedding_(batch.positions, q, k, self.cos_sin_cache, True)
         k_cache, v_cache = kv_cache
         kernels.store_kv_cache(k, v, k_cache, v_cache, batch.slot_mapping)
-        q = q.contiguous()  # still a strided view of qkv unless q/k-norm copied it
-        if batch.is_decode:
+        if batch.is_decode:  # reads q in place, a strided view of qkv
             out = kernels.paged_decode_attention(
                 q, k_cache, v_cache, batch.page_table, batch.kv_lens, sliding_window=c.sliding_window
             )
         else:
             out = kernels.paged_prefill_attention(
-                q, k_cache, v_cache, batch.page_table, batch.qo_indptr, batch.kv_lens, causal=True,
+                q.contiguous(), k_cache, v_cache, batch.page_table, batch.qo_indptr, batch.kv_lens, causal=True,
                 sliding_window=c.sliding_window,
             )
         return linear(out.view(n, layer.q_size), layer.o_proj)

@@ -52,7 +52,7 @@ def apply_penalties(
     Parameters
     ----------
     logits : torch.Tensor
-        ``[B, V]`` float32; not modified.
+        ``[B, V]``, floating point; not modified.
     params : list of SamplingParams
         One per row.
     prompt_ids, output_ids : list of list of int
@@ -61,12 +61,14 @@ def apply_penalties(
     Returns
     -------
     logits : torch.Tensor
-        The penalised logits, a new ``[B, V]`` tensor (the input itself if no row has a penalty).
+        The penalised logits, a new float32 ``[B, V]`` tensor (the input itself if no row has a
+        penalty).
     """
     use_repetition = any(p.repetition_penalty != 1.0 for p in params)
     use_additive = any(p.presence_penalty != 0.0 or p.frequency_penalty != 0.0 for p in params)
     if not (use_repetition or use_additive):
         return logits
+    logits = logits.float()
     batch, vocab = logits.shape
     device = logits.device
     # One host-to-device copy for all per-row factors; rows without a penalty get neutral ones.

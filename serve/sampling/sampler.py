@@ -8,6 +8,31 @@ from .params import SamplingParams
 from .penalties import apply_penalties
 
 
+def argmax_rows(x: torch.Tensor) -> torch.Tensor:
+    """``x.argmax(dim=-1)`` of a ``[B, V]`` tensor: the first index of each row's max.
+
+    On CUDA, in two passes: torch reduces each row in one thread block, so 64 rows of a 128k
+    vocabulary keep half of an H100's SMs idle (41 us where the read takes 11). The CPU already
+    spreads rows over its threads and takes one pass.
+    """
+    vocab = x.shape[-1]
+    chunks = next((c for c in range(64, 1, -1) if vocab % c == 0 and vocab // c >= 1024), 1)
+    if chunks == 1 or not x.is_cuda:
+        return x.argmax(dim=-1)
+    return chunked_argmax(x, chunks)
+
+
+def chunked_argmax(x: torch.Tensor, chunks: int) -> torch.Tensor:
+    """``x.argmax(dim=-1)`` with each row cut into ``chunks`` equal pieces (``chunks`` divides the
+    row): every piece's max and its first index, then the first piece holding the row's max. The
+    same index as one pass, ties and NaN included: both reductions take the first max, and NaN
+    counts as the max."""
+    width = x.shape[-1] // chunks
+    values, index = x.unflatten(-1, (chunks, width)).max(dim=-1)
+    best = values.argmax(dim=-1, keepdim=True)
+    return (index.gather(-1, best) + best * width)[:, 0]
+
+
 def make_generator(seed: int, device) -> torch.Generator:
     """A generator for one seeded request, on the device its logits will live on."""
     return torch.Generator(device=device).manual_seed(seed)
@@ -53,7 +78,8 @@ class Sampler:
         Parameters
         ----------
         logits : torch.Tensor
-            ``[B, V]`` float32 logits of the last position of each sequence; not modified.
+            ``[B, V]`` logits of the last position of each sequence, in any float dtype (the
+            model's); not modified. Penalties, filters and logprobs work on a float32 copy.
         params : list of SamplingParams
             One per row.
         prompt_ids, output_ids : list of list of int
@@ -80,10 +106,16 @@ class Sampler:
         self._check(logits, params, prompt_ids, output_ids, generators)
         vocab = logits.shape[1]
         device = logits.device
-        logits = apply_penalties(logits.float(), params, prompt_ids, output_ids)
+        logits = apply_penalties(logits, params, prompt_ids, output_ids)
+        want_logprobs = any(p.logprobs is not None for p in params)
+        random_rows = [not p.greedy for p in params]
+        if not (want_logprobs or any(random_rows)):
+            # Greedy only: the argmax is exact in the logits' own dtype, so a bfloat16 model's
+            # logits (half the bytes) need no float32 copy.
+            return SampleOutput(argmax_rows(logits), None)
+        logits = logits.float()
 
         # Logprobs before temperature and the filters (see SampleOutput), when asked for.
-        want_logprobs = any(p.logprobs is not None for p in params)
         log_norm = torch.logsumexp(logits, dim=-1, keepdim=True) if want_logprobs else None
         num_top = max((p.logprobs or 0 for p in params), default=0)
         top_ids = top_logprobs = None
@@ -91,16 +123,15 @@ class Sampler:
             top_values, top_ids = logits.topk(min(num_top, vocab), dim=-1)
             top_logprobs = top_values - log_norm
 
-        random_rows = [not p.greedy for p in params]
         if not any(random_rows):
-            token_ids = logits.argmax(dim=-1)
+            token_ids = argmax_rows(logits)
         else:
             sampled = self._draw(self._filter(logits, params), generators, random_rows)
             if all(random_rows):
                 token_ids = sampled
             else:
                 is_random = torch.tensor(random_rows).to(device, non_blocking=True)
-                token_ids = torch.where(is_random, sampled, logits.argmax(dim=-1))
+                token_ids = torch.where(is_random, sampled, argmax_rows(logits))
 
         if not want_logprobs:
             return SampleOutput(token_ids, None)
@@ -157,7 +188,7 @@ class Sampler:
                 noise[i].exponential_(generator=g)
         # argmax(p / E) = argmax(log p - log E); E is clamped away from 0 so that an excluded
         # token stays at -inf instead of becoming -inf + inf = nan (which argmax would pick).
-        return (scores - noise.clamp_min(torch.finfo(noise.dtype).tiny).log()).argmax(dim=-1)
+        return argmax_rows(scores - noise.clamp_min(torch.finfo(noise.dtype).tiny).log())
 
     @staticmethod
     def _check(logits, params, prompt_ids, output_ids, generators) -> None:

@@ -98,6 +98,26 @@ def test_decode_window_and_soft_cap(device, backend, window, soft_cap):
     assert_close(lse, ref_lse, torch.float32 if dtype == torch.float32 else torch.bfloat16, "lse")
 
 
+@pytest.mark.parametrize("device,backend", device_backend_params())
+@pytest.mark.parametrize("pad", [2 * 64 + 2 * 64, 4])
+def test_decode_reads_q_from_a_fused_qkv_row(device, backend, pad):
+    # q as the model gets it: the first heads of a [batch, q + k + v] row (pad 256, read in place),
+    # or rows 4 elements longer than q (not 16-byte aligned: the CUDA binding copies them).
+    dtype = _dtypes_for(device, backend)[0]
+    lengths, page_size, heads, kv_heads, head_dim = [3, 40, 17], 16, 8, 2, 64
+    k_cache, v_cache = make_cache(_pages_needed(lengths, page_size), page_size, kv_heads, head_dim, dtype, device)
+    table = make_page_table(lengths, page_size, k_cache.shape[0], device)
+    seq_lens = torch.tensor(lengths, dtype=torch.int32, device=device)
+    rows = torch.randn(len(lengths), heads * head_dim + pad, dtype=dtype, device=device)
+    q = rows[:, : heads * head_dim].view(len(lengths), heads, head_dim)
+    assert not q.is_contiguous()
+    ref_out, ref_lse = reference.paged_decode_attention(q, k_cache, v_cache, table, seq_lens, head_dim**-0.5, -1, 0.0)
+    with kernels.backend(backend):
+        out, lse = kernels.paged_decode_attention(q, k_cache, v_cache, table, seq_lens, return_lse=True)
+    assert_close(out, ref_out, dtype)
+    assert_close(lse, ref_lse, torch.float32 if dtype == torch.float32 else torch.bfloat16, "lse")
+
+
 PREFILL_CASES = [
     # (new tokens per sequence, prefix per sequence, page_size, heads, kv_heads, head_dim)
     ([5], [0], 16, 4, 4, 64),
@@ -309,6 +329,7 @@ BAD_DECODE = {
     "page_table int64": (dict(page_table=torch.tensor([[0, 1], [2, 3]])), TypeError, "page_table"),
     "seq_lens wrong batch": (dict(seq_lens=torch.tensor([20], dtype=torch.int32)), ValueError, "seq_lens"),
     "q dtype differs": (dict(q=torch.randn(2, 4, 64, dtype=torch.bfloat16)), TypeError, "q"),
+    "q heads not contiguous": (dict(q=torch.randn(2, 64, 4).transpose(1, 2)), ValueError, "q"),
     "odd head_dim cache": (
         dict(k_cache=torch.randn(4, 16, 2, 48), v_cache=torch.randn(4, 16, 2, 48), q=torch.randn(2, 4, 48)),
         ValueError,

@@ -267,3 +267,15 @@ def test_small_llama_bf16_logits_and_fp32_greedy(device, tmp_path):
     ours = load_model(str(tmp_path), device=device, dtype="float32").model
     for prompt, tokens in zip(prompts, greedy(ours, prompts, NEW_TOKENS)):
         assert tokens == hf_greedy(ref_fp32, prompt, NEW_TOKENS)
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
+def test_cublaslt_preference_is_scoped_to_the_forward(device):
+    from kernels.serve.model.linear import prefer_cublaslt
+
+    before = torch.backends.cuda.preferred_blas_library()
+    with prefer_cublaslt(torch.device(device)):
+        inside = torch.backends.cuda.preferred_blas_library()
+    assert torch.backends.cuda.preferred_blas_library() == before
+    expected = torch._C._BlasBackend.Cublaslt if device == "cuda" else before
+    assert inside == expected

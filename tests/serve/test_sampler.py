@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from kernels.serve.sampling import SamplingParams, Sampler, make_generator
+from kernels.serve.sampling.sampler import argmax_rows, chunked_argmax
 from kernels.serve.sampling.penalties import apply_penalties
 
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)]
@@ -64,6 +65,29 @@ def test_greedy_is_argmax(device):
     expected = torch.log_softmax(logits, dim=-1).amax(dim=-1)
     torch.testing.assert_close(out.logprobs, expected)
     assert out.top_ids is None and out.top_logprobs is None
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_row_argmax_takes_the_first_max(device):
+    # Integer logits tie often, and a NaN counts as the max: the two-pass argmax must pick what
+    # torch.argmax picks in every row.
+    for rows, vocab, chunks in ((64, 128256, 48), (3, 49152, 64), (5, 3000, 3)):
+        x = torch.randint(-4, 4, (rows, vocab), device=device).float()
+        x[0, 7::101] = float("nan")
+        expected = x.argmax(dim=-1)
+        assert torch.equal(chunked_argmax(x, chunks), expected)
+        assert torch.equal(argmax_rows(x), expected)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_bfloat16_logits(device):
+    # A bf16 model's logits: greedy takes the argmax in bf16 (exact), logprobs come in float32.
+    logits = (torch.randn(8, 3000, device=device) * 3).bfloat16()
+    out = sample(logits, [SamplingParams(temperature=0)] * 8)
+    assert torch.equal(out.token_ids, logits.float().argmax(dim=-1))
+    out = sample(logits, [SamplingParams(temperature=0, logprobs=0)] * 8)
+    assert out.logprobs.dtype == torch.float32
+    torch.testing.assert_close(out.logprobs, torch.log_softmax(logits.float(), dim=-1).amax(dim=-1))
 
 
 def test_tiny_temperature_and_top_k_one_are_greedy():

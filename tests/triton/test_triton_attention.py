@@ -157,6 +157,16 @@ def test_decode_head_dims(head_dim, dtype):
     assert_lse_close(lse, ref_lse)
 
 
+def test_decode_reads_q_from_a_fused_qkv_row():
+    # q as the model gets it: the first heads of each [q + k + v] row, read in place.
+    paged = Paged([300, 5, 129], 16, 2, 64, torch.float32)
+    rows = randn(3, 8 * 64 + 2 * 2 * 64, dtype=torch.float32)
+    q = rows[:, : 8 * 64].view(3, 8, 64)
+    out, lse, ref_out, ref_lse = run_decode(paged, q, None)
+    assert_close(out, ref_out)
+    assert_lse_close(lse, ref_lse)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_decode_split_kv_consistency(dtype):
     # One sequence per group: the automatic choice splits the KV; forced counts, including more

@@ -21,12 +21,14 @@ struct DecodeShape {
   int64_t batch;
   int num_heads, num_kv_heads, head_dim, page_size, max_pages;
   int64_t num_pages;
+  int64_t q_stride;  // elements from one sequence's q to the next: >= num_heads * head_dim, multiple of 8
 };
 
 // The number of KV splits launch_paged_decode uses for this shape on `device` (1: no workspace).
 int paged_decode_splits(const DecodeShape& shape, int window, int device);
 
-// q [batch, num_heads, head_dim] -> out (q's dtype, bf16 / fp16), lse [batch, num_heads] float32.
+// q [batch, num_heads, head_dim] (heads contiguous, rows q_stride apart) -> out (q's dtype,
+// bf16 / fp16), lse [batch, num_heads] float32.
 // With splits > 1, part_out [batch, splits, num_heads, head_dim] and part_lse
 // [batch, splits + 1, num_heads] (float32) are the workspace: part_lse's last row holds int32
 // counters that must be zero before the launch (the launch leaves them zero, so a workspace

@@ -27,6 +27,7 @@
 #include "cuda/common/fast_div.cuh"
 #include "cuda/common/launch.cuh"
 #include "cuda/common/mma.cuh"
+#include "cuda/common/pdl.cuh"
 #include "cuda/common/vec.cuh"
 
 namespace kernels::cuda {
@@ -78,6 +79,7 @@ struct DecodeParams {
   const int32_t* page_table;
   const int32_t* seq_lens;
   int64_t num_pages;
+  int64_t q_stride;  // elements between sequences' q rows
   FastDiv page_div;  // by page_size: a token's page in the inner loop (integer division is ~20 instructions)
   int num_heads, num_kv_heads, group, head_chunks, page_size, max_pages, splits, window;
   float q_scale;   // applied to q: scale * log2(e), or scale / soft_cap
@@ -235,24 +237,6 @@ __global__ void __launch_bounds__(Tiling<D>::kThreads, 4)
       bad |= page < 0 || page >= p.num_pages;
     }
   }
-  // Everything that reads no K / V goes out before the barrier that settles `bad`, so that its
-  // latency overlaps the page check's instead of following it: q, and the page-table entries of
-  // the first two tiles (inside the table whatever the pages hold; a bad CTA has no tiles).
-  // The group's q as mma A fragments (rows = heads, padded to 16 with zeros; raw, unscaled):
-  // qa[k][0] = q[qr][16k + 2qc, +1], qa[k][1] = q[qr][16k + 8 + 2qc, +1].
-  // Head_dim 256 re-reads them (L1) every tile instead: registers.
-  constexpr bool kQRegs = D <= 128;
-  const bool has_q = qr < nh;
-  const uint32_t* qg = reinterpret_cast<const uint32_t*>(
-      static_cast<const T*>(p.q) + (static_cast<int64_t>(b) * p.num_heads + head0 + (has_q ? qr : 0)) * D);
-  uint32_t qa[kQRegs ? D / 16 : 1][2];
-  if constexpr (kQRegs) {
-#pragma unroll
-    for (int k = 0; k < D / 16; ++k) {
-      qa[k][0] = has_q ? qg[k * 8 + qc] : 0u;
-      qa[k][1] = has_q ? qg[k * 8 + 4 + qc] : 0u;
-    }
-  }
   // Loads: this thread's chunk c of rows tid / kLpt + k * kRowsPerPass of each tile.
   const T* kc = static_cast<const T*>(p.k_cache);
   const T* vc = static_cast<const T*>(p.v_cache);
@@ -293,9 +277,31 @@ __global__ void __launch_bounds__(Tiling<D>::kThreads, 4)
     cp_async_commit();  // possibly empty: keeps one group per tile for the waits
   };
 
+  // Everything that reads no K / V goes out before the barrier that settles `bad`, so that its
+  // latency overlaps the page check's instead of following it: the page-table entries of the
+  // first kAhead tiles (inside the table whatever the pages hold; a bad CTA has no tiles), and q.
   Rows first_rows[kAhead];
 #pragma unroll
   for (int t = 0; t < kAhead; ++t) fetch_pages(t, first_rows[t]);
+  // Lengths and page tables were written before the producer (the kernel before this one in the
+  // stream, which writes q and this step's K / V) started, so the reads above may overlap it; q
+  // and K / V wait until it has finished.
+  wait_for_producer();
+  // The group's q as mma A fragments (rows = heads, padded to 16 with zeros; raw, unscaled):
+  // qa[k][0] = q[qr][16k + 2qc, +1], qa[k][1] = q[qr][16k + 8 + 2qc, +1].
+  // Head_dim 256 re-reads them (L1) every tile instead: registers.
+  constexpr bool kQRegs = D <= 128;
+  const bool has_q = qr < nh;
+  const uint32_t* qg = reinterpret_cast<const uint32_t*>(
+      static_cast<const T*>(p.q) + static_cast<int64_t>(b) * p.q_stride + (head0 + (has_q ? qr : 0)) * D);
+  uint32_t qa[kQRegs ? D / 16 : 1][2];
+  if constexpr (kQRegs) {
+#pragma unroll
+    for (int k = 0; k < D / 16; ++k) {
+      qa[k][0] = has_q ? qg[k * 8 + qc] : 0u;
+      qa[k][1] = has_q ? qg[k * 8 + 4 + qc] : 0u;
+    }
+  }
   bad = __syncthreads_or(bad);
 
   // Result writers. Direct: out (T) and lse (natural log). Split: float32 partials, lse in log2.
@@ -479,28 +485,31 @@ __global__ void __launch_bounds__(Tiling<D>::kThreads, 4)
 // Query heads per CTA: the group, padded to 1, 2, 4 or 8; larger groups take ceil(group / 8) CTAs.
 int group_pad(int group) { return group > 4 ? 8 : group > 2 ? 4 : group; }
 
+// Launched to overlap its producer (pdl.cuh): the prologue's length and page-table reads run
+// while the kernel that wrote q and the new K / V finishes.
 template <typename T, int D, int GP>
-void launch_kernel(const DecodeParams& p, int64_t batch, cudaStream_t stream) {
+cudaError_t launch_kernel(const DecodeParams& p, int64_t batch, cudaStream_t stream) {
   const dim3 grid(static_cast<unsigned>(batch), p.num_kv_heads * p.head_chunks, p.splits);
-  paged_decode_kernel<T, D, GP><<<grid, Tiling<D>::kThreads, Tiling<D>::kSmemBytes, stream>>>(p);
+  return launch_overlapping_producer(paged_decode_kernel<T, D, GP>, grid, dim3(Tiling<D>::kThreads),
+                                     Tiling<D>::kSmemBytes, stream, p);
 }
 
 template <typename T, int D>
-void launch_d(const DecodeParams& p, int64_t batch, int gp, cudaStream_t stream) {
+cudaError_t launch_d(const DecodeParams& p, int64_t batch, int gp, cudaStream_t stream) {
   switch (gp) {
-    case 1: launch_kernel<T, D, 1>(p, batch, stream); break;
-    case 2: launch_kernel<T, D, 2>(p, batch, stream); break;
-    case 4: launch_kernel<T, D, 4>(p, batch, stream); break;
-    default: launch_kernel<T, D, 8>(p, batch, stream); break;
+    case 1: return launch_kernel<T, D, 1>(p, batch, stream);
+    case 2: return launch_kernel<T, D, 2>(p, batch, stream);
+    case 4: return launch_kernel<T, D, 4>(p, batch, stream);
+    default: return launch_kernel<T, D, 8>(p, batch, stream);
   }
 }
 
 template <typename T>
-void launch_dtype(const DecodeParams& p, const DecodeShape& shape, int gp, cudaStream_t stream) {
+cudaError_t launch_dtype(const DecodeParams& p, const DecodeShape& shape, int gp, cudaStream_t stream) {
   switch (shape.head_dim) {
-    case 64: launch_d<T, 64>(p, shape.batch, gp, stream); break;
-    case 128: launch_d<T, 128>(p, shape.batch, gp, stream); break;
-    default: launch_d<T, 256>(p, shape.batch, gp, stream); break;
+    case 64: return launch_d<T, 64>(p, shape.batch, gp, stream);
+    case 128: return launch_d<T, 128>(p, shape.batch, gp, stream);
+    default: return launch_d<T, 256>(p, shape.batch, gp, stream);
   }
 }
 
@@ -581,6 +590,7 @@ cudaError_t launch_paged_decode(void* out, float* lse, float* part_out, float* p
   p.page_table = page_table;
   p.seq_lens = seq_lens;
   p.num_pages = shape.num_pages;
+  p.q_stride = shape.q_stride;
   p.num_heads = shape.num_heads;
   p.num_kv_heads = shape.num_kv_heads;
   p.group = group;
@@ -593,14 +603,9 @@ cudaError_t launch_paged_decode(void* out, float* lse, float* part_out, float* p
   // Scores in log2 units: s2 = log2(e) * score. With a cap, score = cap * tanh(scale * qk / cap).
   p.q_scale = soft_cap > 0.f ? scale / soft_cap : scale * kLog2e;
   p.cap_log2 = soft_cap > 0.f ? soft_cap * kLog2e : 0.f;
-  if (dtype == Dtype::kBFloat16) {
-    launch_dtype<__nv_bfloat16>(p, shape, gp, stream);
-  } else if (dtype == Dtype::kFloat16) {
-    launch_dtype<__half>(p, shape, gp, stream);
-  } else {
-    return cudaErrorInvalidValue;  // float32 attention is CPU-only
-  }
-  return cudaGetLastError();
+  if (dtype == Dtype::kBFloat16) return launch_dtype<__nv_bfloat16>(p, shape, gp, stream);
+  if (dtype == Dtype::kFloat16) return launch_dtype<__half>(p, shape, gp, stream);
+  return cudaErrorInvalidValue;  // float32 attention is CPU-only
 }
 
 }  // namespace kernels::cuda

@@ -38,11 +38,14 @@ def _check_cache(k_cache, v_cache) -> None:
     checks.nonempty("k_cache", k_cache, 2, "num_kv_heads")
 
 
-def _check_query(q, k_cache, layout: str) -> None:
+def _check_query(q, k_cache, layout: str, token_strided: bool = False) -> None:
     checks.tensor("q", q, ndim=3, dtypes=ATTENTION_DTYPES, layout=layout)
     checks.same_device("q", q, "k_cache", k_cache)
     checks.same_dtype("q", q, "k_cache", k_cache)
-    checks.contiguous("q", q)
+    if token_strided:
+        checks.heads_contiguous("q", q)
+    else:
+        checks.contiguous("q", q)
     checks.dim_size("q", q, 2, k_cache.shape[3], "head_dim of k_cache")
     heads, kv_heads = q.shape[1], k_cache.shape[2]
     if heads == 0 or heads % kv_heads:
@@ -148,8 +151,10 @@ def paged_decode_attention(
     Parameters
     ----------
     q : torch.Tensor
-        ``[batch, num_heads, head_dim]``, contiguous, the cache's dtype (float16, bfloat16; float32
-        on CPU). ``num_heads`` is a multiple of the cache's ``num_kv_heads`` (GQA).
+        ``[batch, num_heads, head_dim]``, the cache's dtype (float16, bfloat16; float32 on CPU);
+        heads contiguous (``stride(2) == 1``, ``stride(1) == head_dim``), the batch stride may be
+        larger (the q slice of a fused qkv projection, read in place). ``num_heads`` is a multiple
+        of the cache's ``num_kv_heads`` (GQA).
     k_cache, v_cache : torch.Tensor
         ``[num_pages, page_size, num_kv_heads, head_dim]``; head_dim 64, 128 or 256; page_size 1..256.
     page_table : torch.Tensor
@@ -173,7 +178,7 @@ def paged_decode_attention(
         ``out`` ``[batch, num_heads, head_dim]`` in q's dtype; with ``return_lse``, ``(out, lse)``.
     """
     _check_cache(k_cache, v_cache)
-    _check_query(q, k_cache, "[batch, num_heads, head_dim]")
+    _check_query(q, k_cache, "[batch, num_heads, head_dim]", token_strided=True)
     _check_index("page_table", page_table, 2, "[batch, max_pages]", q)
     _check_index("seq_lens", seq_lens, 1, "[batch]", q)
     checks.dim_size("page_table", page_table, 0, q.shape[0], "batch of q")

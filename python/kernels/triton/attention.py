@@ -212,7 +212,7 @@ def store_kv_cache(k, v, k_cache, v_cache, slot_mapping) -> None:
 @triton.jit
 def paged_decode_kernel(
     q_ptr, k_ptr, v_ptr, pt_ptr, lens_ptr, ws_out_ptr, ws_lse_ptr,
-    scale, soft_cap, window, num_heads, kv_heads, num_pages, page_size, max_pages, num_splits,
+    scale, soft_cap, window, q_stride, num_heads, kv_heads, num_pages, page_size, max_pages, num_splits,
     GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr,
     SOFT_CAP: tl.constexpr, IEEE: tl.constexpr, BLOCK_P: tl.constexpr,
 ):
@@ -241,8 +241,8 @@ def paged_decode_kernel(
     h_ok = h < GROUP
     heads = kvh * GROUP + h
     d = tl.arange(0, HEAD_DIM)
-    q_rows = (b * num_heads + heads).to(tl.int64)
-    q = tl.load(q_ptr + q_rows[:, None] * HEAD_DIM + d[None, :], mask=h_ok[:, None], other=0.0)
+    q_at = b.to(tl.int64) * q_stride + heads * HEAD_DIM
+    q = tl.load(q_ptr + q_at[:, None] + d[None, :], mask=h_ok[:, None], other=0.0)
 
     row_stride = kv_heads * HEAD_DIM
     k_base = k_ptr + kvh * HEAD_DIM
@@ -261,7 +261,7 @@ def paged_decode_kernel(
         m, l, acc = _online_softmax(s, v, m, l, acc, IEEE)
 
     out, lse = _normalize(acc, m, l, (bad > 0) | ~len_ok)
-    ws = (q_rows * num_splits + split)
+    ws = (b * num_heads + heads).to(tl.int64) * num_splits + split
     tl.store(ws_out_ptr + ws[:, None] * HEAD_DIM + d[None, :], out, mask=h_ok[:, None])
     tl.store(ws_lse_ptr + ws, lse, mask=h_ok)
 
@@ -308,8 +308,8 @@ def paged_decode_attention(q, k_cache, v_cache, page_table, seq_lens, scale, win
     with _util.device_guard(q):
         paged_decode_kernel[(batch, kv_heads, num_splits)](
             q, k_cache, v_cache, page_table, seq_lens, ws_out, ws_lse,
-            float(scale), float(soft_cap), int(window), num_heads, kv_heads, num_pages, page_size, max_pages,
-            num_splits,
+            float(scale), float(soft_cap), int(window), q.stride(0), num_heads, kv_heads, num_pages, page_size,
+            max_pages, num_splits,
             GROUP=group, HEAD_DIM=head_dim, BLOCK_H=cfg.block_h, BLOCK_N=cfg.block_n,
             SOFT_CAP=soft_cap > 0, IEEE=f32_dot(q.dtype, q.device), BLOCK_P=BLOCK_P, num_warps=cfg.num_warps,
         )
@@ -506,7 +506,7 @@ def aot_cases():
             paged_decode_kernel,
             {"q_ptr": ptr, "k_ptr": ptr, "v_ptr": ptr, "pt_ptr": "*i32", "lens_ptr": "*i32",
              "ws_out_ptr": "*fp32", "ws_lse_ptr": "*fp32", "scale": "fp32", "soft_cap": "fp32", "window": "i32",
-             "num_heads": hq, "kv_heads": hk, "num_pages": 4099, "page_size": page_size, "max_pages": 257,
+             "q_stride": "i32", "num_heads": hq, "kv_heads": hk, "num_pages": 4099, "page_size": page_size, "max_pages": 257,
              "num_splits": 3},
             {"GROUP": group, "HEAD_DIM": head_dim, "BLOCK_H": cfg.block_h, "BLOCK_N": cfg.block_n,
              "SOFT_CAP": cap, "IEEE": dtype == "fp32", "BLOCK_P": BLOCK_P},
