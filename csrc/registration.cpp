@@ -20,6 +20,11 @@ STABLE_TORCH_LIBRARY(kernels, m) {
   m.def(
       "store_kv_cache(Tensor k, Tensor v, Tensor(a!) k_cache, Tensor(b!) v_cache, "
       "Tensor slot_mapping) -> ()");
+  // rotary_embedding_ on q and k, then store_kv_cache of the rotated k and v: one launch on CUDA.
+  m.def(
+      "rotary_embedding_and_store_kv_(Tensor positions, Tensor(a!) q, Tensor(b!) k, Tensor v, "
+      "Tensor cos_sin_cache, Tensor(c!) k_cache, Tensor(d!) v_cache, Tensor slot_mapping, "
+      "bool is_neox) -> ()");
   m.def(
       "paged_decode_attention(Tensor q, Tensor k_cache, Tensor v_cache, Tensor page_table, "
       "Tensor seq_lens, float scale, int window, float soft_cap) -> (Tensor, Tensor)");

@@ -471,6 +471,14 @@ void store_kv_cache(Tensor k, Tensor v, Tensor k_cache, Tensor v_cache, Tensor s
   });
 }
 
+// The op's CPU form is the two ops in turn (its gain is on GPUs: one kernel launch); the Python op
+// has checked both sets of arguments before either runs.
+void rotary_embedding_and_store_kv_(Tensor positions, Tensor q, Tensor k, Tensor v, Tensor cos_sin_cache,
+                                    Tensor k_cache, Tensor v_cache, Tensor slot_mapping, bool is_neox) {
+  rotary_embedding_(positions, q, k, cos_sin_cache, is_neox);
+  store_kv_cache(k, v, k_cache, v_cache, slot_mapping);
+}
+
 std::tuple<Tensor, Tensor> merge_attention_states(Tensor v_a, Tensor lse_a, Tensor v_b,
                                                   Tensor lse_b) {
   constexpr const char* op = "merge_attention_states";
@@ -653,6 +661,7 @@ STABLE_TORCH_LIBRARY_IMPL(kernels, CPU, m) {
   m.impl("silu_and_mul", TORCH_BOX(&kernels::cpu::silu_and_mul));
   m.impl("gelu_and_mul", TORCH_BOX(&kernels::cpu::gelu_and_mul));
   m.impl("store_kv_cache", TORCH_BOX(&kernels::cpu::store_kv_cache));
+  m.impl("rotary_embedding_and_store_kv_", TORCH_BOX(&kernels::cpu::rotary_embedding_and_store_kv_));
   m.impl("paged_decode_attention", TORCH_BOX(&kernels::cpu::paged_decode_attention));
   m.impl("paged_prefill_attention", TORCH_BOX(&kernels::cpu::paged_prefill_attention));
   m.impl("merge_attention_states", TORCH_BOX(&kernels::cpu::merge_attention_states));

@@ -113,39 +113,134 @@ int64_t check_heads(const Tensor& t, int64_t tokens, int64_t head_dim, const cha
   return stride;
 }
 
-void rotary_embedding_(Tensor positions, Tensor q, Tensor k, Tensor cos_sin_cache, bool is_neox) {
+// What a rotation launch needs, checked.
+struct RopeCall {
+  int64_t tokens, head_dim, rot_dim, q_stride, k_stride;
+  int32_t device;
+  Dtype dtype;
+  bool cache_float32;
+};
+
+RopeCall check_rotary(const Tensor& positions, const Tensor& q, const Tensor& k,
+                      const Tensor& cos_sin_cache) {
   KERNELS_CHECK(q.dim() == 3, "rotary_embedding_: q must be [tokens, heads, head_dim]");
-  const int64_t tokens = q.size(0);
-  const int64_t head_dim = q.size(2);
-  const int32_t device = q.get_device_index();
-  check_on(q, device, "rotary_embedding_: q");
-  check_on(k, device, "rotary_embedding_: k");
-  check_on(positions, device, "rotary_embedding_: positions");
-  check_on(cos_sin_cache, device, "rotary_embedding_: cos_sin_cache");
-  const Dtype dtype = dtype_of(q, "rotary_embedding_: q");
+  RopeCall c{};
+  c.tokens = q.size(0);
+  c.head_dim = q.size(2);
+  c.device = q.get_device_index();
+  check_on(q, c.device, "rotary_embedding_: q");
+  check_on(k, c.device, "rotary_embedding_: k");
+  check_on(positions, c.device, "rotary_embedding_: positions");
+  check_on(cos_sin_cache, c.device, "rotary_embedding_: cos_sin_cache");
+  c.dtype = dtype_of(q, "rotary_embedding_: q");
   KERNELS_CHECK(k.scalar_type() == q.scalar_type(), "rotary_embedding_: k must have q's dtype");
-  const int64_t q_stride = check_heads(q, tokens, head_dim, "rotary_embedding_: q");
-  const int64_t k_stride = check_heads(k, tokens, head_dim, "rotary_embedding_: k");
+  c.q_stride = check_heads(q, c.tokens, c.head_dim, "rotary_embedding_: q");
+  c.k_stride = check_heads(k, c.tokens, c.head_dim, "rotary_embedding_: k");
   KERNELS_CHECK(positions.scalar_type() == ScalarType::Long && positions.dim() == 1 &&
-                    positions.size(0) == tokens,
+                    positions.size(0) == c.tokens,
                 "rotary_embedding_: positions must be int64 [tokens]");
-  const bool cache_float32 = cos_sin_cache.scalar_type() == ScalarType::Float;
-  KERNELS_CHECK(cache_float32 || cos_sin_cache.scalar_type() == q.scalar_type(),
+  c.cache_float32 = cos_sin_cache.scalar_type() == ScalarType::Float;
+  KERNELS_CHECK(c.cache_float32 || cos_sin_cache.scalar_type() == q.scalar_type(),
                 "rotary_embedding_: cos_sin_cache must be float32 or q's dtype");
   KERNELS_CHECK(cos_sin_cache.dim() == 2 && cos_sin_cache.is_contiguous(),
                 "rotary_embedding_: cos_sin_cache must be contiguous [max_position, rot_dim]");
-  const int64_t rot_dim = cos_sin_cache.size(1);
-  KERNELS_CHECK(rot_dim > 0 && rot_dim % 2 == 0 && rot_dim <= head_dim && head_dim <= kIntMax,
+  c.rot_dim = cos_sin_cache.size(1);
+  KERNELS_CHECK(c.rot_dim > 0 && c.rot_dim % 2 == 0 && c.rot_dim <= c.head_dim && c.head_dim <= kIntMax,
                 "rotary_embedding_: rot_dim must be even, positive and at most head_dim");
-  if (tokens == 0) return;
-  const DeviceGuard guard(device);
-  check_launch(launch_rotary_embedding(
-                   static_cast<const int64_t*>(positions.const_data_ptr()), positions.stride(0),
-                   q.mutable_data_ptr(), k.mutable_data_ptr(), cos_sin_cache.const_data_ptr(),
-                   tokens, static_cast<int>(q.size(1)), static_cast<int>(k.size(1)),
-                   static_cast<int>(head_dim), static_cast<int>(rot_dim), q_stride, k_stride,
-                   cos_sin_cache.size(0), is_neox, dtype, cache_float32, current_stream(device)),
-               "rotary_embedding_");
+  return c;
+}
+
+cudaError_t launch_rotary(const RopeCall& c, const Tensor& positions, Tensor& q, Tensor& k,
+                          const Tensor& cos_sin_cache, bool is_neox, const KvStore* store) {
+  return launch_rotary_embedding(
+      static_cast<const int64_t*>(positions.const_data_ptr()), positions.stride(0), q.mutable_data_ptr(),
+      k.mutable_data_ptr(), cos_sin_cache.const_data_ptr(), c.tokens, static_cast<int>(q.size(1)),
+      static_cast<int>(k.size(1)), static_cast<int>(c.head_dim), static_cast<int>(c.rot_dim), c.q_stride,
+      c.k_stride, cos_sin_cache.size(0), is_neox, c.dtype, c.cache_float32, store, current_stream(c.device));
+}
+
+void rotary_embedding_(Tensor positions, Tensor q, Tensor k, Tensor cos_sin_cache, bool is_neox) {
+  const RopeCall c = check_rotary(positions, q, k, cos_sin_cache);
+  if (c.tokens == 0) return;
+  const DeviceGuard guard(c.device);
+  check_launch(launch_rotary(c, positions, q, k, cos_sin_cache, is_neox, nullptr), "rotary_embedding_");
+}
+
+// k_cache, v_cache: [num_pages, page_size, kv_heads, head_dim], contiguous, same dtype, 16-byte
+// aligned (the kernels read them with 16-byte vectors).
+void check_caches(const Tensor& k_cache, const Tensor& v_cache, int32_t device, const char* op) {
+  check_on(k_cache, device, "k_cache");
+  check_on(v_cache, device, "v_cache");
+  KERNELS_CHECK(k_cache.dim() == 4 && k_cache.is_contiguous() && v_cache.dim() == 4 &&
+                    v_cache.is_contiguous(),
+                op, ": k_cache and v_cache must be contiguous [num_pages, page_size, kv_heads, head_dim]");
+  for (int d = 0; d < 4; ++d)
+    KERNELS_CHECK(k_cache.size(d) == v_cache.size(d), op, ": v_cache must have k_cache's shape");
+  KERNELS_CHECK(k_cache.scalar_type() == v_cache.scalar_type(), op,
+                ": v_cache must have k_cache's dtype");
+  KERNELS_CHECK(k_cache.size(0) * k_cache.size(1) < (int64_t{1} << 40), op, ": cache too large");
+}
+
+// What a KV store needs, checked: the token strides of k and v, the row length and the dtype.
+struct StoreCall {
+  int64_t tokens, row, k_stride, v_stride, num_slots;
+  int32_t device;
+  Dtype dtype;
+};
+
+StoreCall check_store(const Tensor& k, const Tensor& v, const Tensor& k_cache, const Tensor& v_cache,
+                      const Tensor& slot_mapping, const char* op) {
+  StoreCall c{};
+  c.device = k_cache.get_device_index();
+  check_caches(k_cache, v_cache, c.device, op);
+  check_on(k, c.device, "store_kv_cache: k");
+  check_on(v, c.device, "store_kv_cache: v");
+  check_on(slot_mapping, c.device, "store_kv_cache: slot_mapping");
+  c.dtype = dtype_of(k_cache, "store_kv_cache: k_cache");
+  c.tokens = k.dim() == 3 ? k.size(0) : -1;
+  const int64_t kv_heads = k_cache.size(2), head_dim = k_cache.size(3);
+  KERNELS_CHECK(k.scalar_type() == k_cache.scalar_type() && v.scalar_type() == k_cache.scalar_type(),
+                op, ": k and v must have the cache's dtype");
+  for (const Tensor* t : {&k, &v})
+    KERNELS_CHECK(t->dim() == 3 && t->size(0) == c.tokens && t->size(1) == kv_heads &&
+                      t->size(2) == head_dim,
+                  op, ": k and v must be [tokens, kv_heads, head_dim] of the cache");
+  c.k_stride = check_heads(k, c.tokens, head_dim, "store_kv_cache: k");
+  c.v_stride = check_heads(v, c.tokens, head_dim, "store_kv_cache: v");
+  KERNELS_CHECK(slot_mapping.scalar_type() == ScalarType::Long && slot_mapping.dim() == 1 &&
+                    slot_mapping.size(0) == c.tokens && (c.tokens <= 1 || slot_mapping.stride(0) == 1),
+                op, ": slot_mapping must be contiguous int64 [tokens]");
+  KERNELS_CHECK(kv_heads * head_dim / 8 <= 65535 * 128, op, ": rows too long");
+  c.row = kv_heads * head_dim;
+  c.num_slots = k_cache.size(0) * k_cache.size(1);
+  return c;
+}
+
+void store_kv_cache(Tensor k, Tensor v, Tensor k_cache, Tensor v_cache, Tensor slot_mapping) {
+  const char* op = "store_kv_cache";
+  const StoreCall c = check_store(k, v, k_cache, v_cache, slot_mapping, op);
+  if (c.tokens == 0) return;
+  const DeviceGuard guard(c.device);
+  check_launch(launch_store_kv_cache(k.const_data_ptr(), v.const_data_ptr(), k_cache.mutable_data_ptr(),
+                                     v_cache.mutable_data_ptr(),
+                                     static_cast<const int64_t*>(slot_mapping.const_data_ptr()), c.tokens,
+                                     c.row, c.k_stride, c.v_stride, c.num_slots, c.dtype,
+                                     current_stream(c.device)),
+               op);
+}
+
+void rotary_embedding_and_store_kv_(Tensor positions, Tensor q, Tensor k, Tensor v, Tensor cos_sin_cache,
+                                    Tensor k_cache, Tensor v_cache, Tensor slot_mapping, bool is_neox) {
+  const char* op = "rotary_embedding_and_store_kv_";
+  const RopeCall r = check_rotary(positions, q, k, cos_sin_cache);
+  const StoreCall s = check_store(k, v, k_cache, v_cache, slot_mapping, op);
+  KERNELS_CHECK(s.device == r.device, op, ": the caches must be on q's device");
+  if (r.tokens == 0) return;
+  const DeviceGuard guard(r.device);
+  const KvStore store{v.const_data_ptr(),        s.v_stride,
+                      k_cache.mutable_data_ptr(), v_cache.mutable_data_ptr(),
+                      static_cast<const int64_t*>(slot_mapping.const_data_ptr()), s.num_slots};
+  check_launch(launch_rotary(r, positions, q, k, cos_sin_cache, is_neox, &store), op);
 }
 
 Tensor act_and_mul(const Tensor& x, Activation act, const char* op) {
@@ -172,61 +267,12 @@ Tensor gelu_and_mul(Tensor x, bool tanh) {
   return act_and_mul(x, tanh ? Activation::kGeluTanh : Activation::kGeluErf, "gelu_and_mul");
 }
 
-
 // Attention tensors: bf16 / fp16 on CUDA (float32 attention is CPU-only).
 Dtype attention_dtype(const Tensor& t, const char* op) {
   const ScalarType s = t.scalar_type();
   KERNELS_CHECK(s == ScalarType::Half || s == ScalarType::BFloat16, op,
                 ": CUDA supports float16 and bfloat16 (float32 attention runs on the CPU only)");
   return s == ScalarType::Half ? Dtype::kFloat16 : Dtype::kBFloat16;
-}
-
-// k_cache, v_cache: [num_pages, page_size, kv_heads, head_dim], contiguous, same dtype, 16-byte
-// aligned (the kernels read them with 16-byte vectors).
-void check_caches(const Tensor& k_cache, const Tensor& v_cache, int32_t device, const char* op) {
-  check_on(k_cache, device, "k_cache");
-  check_on(v_cache, device, "v_cache");
-  KERNELS_CHECK(k_cache.dim() == 4 && k_cache.is_contiguous() && v_cache.dim() == 4 &&
-                    v_cache.is_contiguous(),
-                op, ": k_cache and v_cache must be contiguous [num_pages, page_size, kv_heads, head_dim]");
-  for (int d = 0; d < 4; ++d)
-    KERNELS_CHECK(k_cache.size(d) == v_cache.size(d), op, ": v_cache must have k_cache's shape");
-  KERNELS_CHECK(k_cache.scalar_type() == v_cache.scalar_type(), op,
-                ": v_cache must have k_cache's dtype");
-  KERNELS_CHECK(k_cache.size(0) * k_cache.size(1) < (int64_t{1} << 40), op, ": cache too large");
-}
-
-void store_kv_cache(Tensor k, Tensor v, Tensor k_cache, Tensor v_cache, Tensor slot_mapping) {
-  const char* op = "store_kv_cache";
-  const int32_t device = k_cache.get_device_index();
-  check_caches(k_cache, v_cache, device, op);
-  check_on(k, device, "store_kv_cache: k");
-  check_on(v, device, "store_kv_cache: v");
-  check_on(slot_mapping, device, "store_kv_cache: slot_mapping");
-  const Dtype dtype = dtype_of(k_cache, "store_kv_cache: k_cache");
-  const int64_t tokens = k.dim() == 3 ? k.size(0) : -1;
-  const int64_t kv_heads = k_cache.size(2), head_dim = k_cache.size(3);
-  KERNELS_CHECK(k.scalar_type() == k_cache.scalar_type() && v.scalar_type() == k_cache.scalar_type(),
-                op, ": k and v must have the cache's dtype");
-  for (const Tensor* t : {&k, &v})
-    KERNELS_CHECK(t->dim() == 3 && t->size(0) == tokens && t->size(1) == kv_heads &&
-                      t->size(2) == head_dim,
-                  op, ": k and v must be [tokens, kv_heads, head_dim] of the cache");
-  const int64_t k_stride = check_heads(k, tokens, head_dim, "store_kv_cache: k");
-  const int64_t v_stride = check_heads(v, tokens, head_dim, "store_kv_cache: v");
-  KERNELS_CHECK(slot_mapping.scalar_type() == ScalarType::Long && slot_mapping.dim() == 1 &&
-                    slot_mapping.size(0) == tokens && (tokens <= 1 || slot_mapping.stride(0) == 1),
-                op, ": slot_mapping must be contiguous int64 [tokens]");
-  KERNELS_CHECK(kv_heads * head_dim / 8 <= 65535 * 128, op, ": rows too long");
-  if (tokens == 0) return;
-  const DeviceGuard guard(device);
-  check_launch(launch_store_kv_cache(k.const_data_ptr(), v.const_data_ptr(),
-                                     k_cache.mutable_data_ptr(), v_cache.mutable_data_ptr(),
-                                     static_cast<const int64_t*>(slot_mapping.const_data_ptr()),
-                                     tokens, kv_heads * head_dim, k_stride, v_stride,
-                                     k_cache.size(0) * k_cache.size(1), dtype,
-                                     current_stream(device)),
-               op);
 }
 
 // What decode and prefill check alike: q [rows, heads, head_dim] contiguous, the caches of its
@@ -604,6 +650,7 @@ STABLE_TORCH_LIBRARY_IMPL(kernels, CUDA, m) {
   m.impl("silu_and_mul", TORCH_BOX(&kernels::cuda::silu_and_mul));
   m.impl("gelu_and_mul", TORCH_BOX(&kernels::cuda::gelu_and_mul));
   m.impl("store_kv_cache", TORCH_BOX(&kernels::cuda::store_kv_cache));
+  m.impl("rotary_embedding_and_store_kv_", TORCH_BOX(&kernels::cuda::rotary_embedding_and_store_kv_));
   m.impl("paged_decode_attention", TORCH_BOX(&kernels::cuda::paged_decode_attention));
   m.impl("merge_attention_states", TORCH_BOX(&kernels::cuda::merge_attention_states));
   m.impl("paged_prefill_attention", TORCH_BOX(&kernels::cuda::paged_prefill_attention));

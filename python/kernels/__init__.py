@@ -23,7 +23,7 @@ from .ops.quant import (
     w4a16_gemm,
 )
 from .ops.quant_int8 import Int8Weight, dequantize_int8, from_gguf_q8_0, w8a16_gemm
-from .ops.rope import rotary_embedding_
+from .ops.rope import rotary_embedding_, rotary_embedding_and_store_kv_
 from .reference import registration as _reference_registration  # noqa: F401
 from .platform import local_platforms as _local_platforms
 from .registry import BackendUnavailableError, backend
@@ -40,6 +40,7 @@ __all__ = [
     "rms_norm",
     "fused_add_rms_norm_",
     "rotary_embedding_",
+    "rotary_embedding_and_store_kv_",
     "silu_and_mul",
     "gelu_and_mul",
     "store_kv_cache",

@@ -201,9 +201,10 @@ class CausalLM(nn.Module):
         if layer.q_norm is not None:  # Qwen3 normalises each head before the rotation
             q = kernels.rms_norm(q.reshape(-1, c.head_dim), layer.q_norm, c.rms_norm_eps).view(n, -1, c.head_dim)
             k = kernels.rms_norm(k.reshape(-1, c.head_dim), layer.k_norm, c.rms_norm_eps).view(n, -1, c.head_dim)
-        kernels.rotary_embedding_(batch.positions, q, k, self.cos_sin_cache, True)
         k_cache, v_cache = kv_cache
-        kernels.store_kv_cache(k, v, k_cache, v_cache, batch.slot_mapping)
+        kernels.rotary_embedding_and_store_kv_(
+            batch.positions, q, k, v, self.cos_sin_cache, k_cache, v_cache, batch.slot_mapping, True
+        )
         if batch.is_decode:  # reads q in place, a strided view of qkv
             out = kernels.paged_decode_attention(
                 q, k_cache, v_cache, batch.page_table, batch.kv_lens, sliding_window=c.sliding_window

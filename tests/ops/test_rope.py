@@ -71,3 +71,55 @@ def test_out_of_range_position_gives_nan_on_gpu(backend):
         kernels.rotary_embedding_(positions, q, k, cache, True)
     assert torch.isnan(q[1]).all() and torch.isnan(k[1]).all()
     assert not torch.isnan(q[[0, 2]]).any() and not torch.isnan(k[[0, 2]]).any()
+
+
+def _fused_case(heads, dtype, device, tokens=37, page_size=16, num_pages=8):
+    """positions, q, k, v (views of one qkv row), a cos/sin cache, random paged caches and a slot
+    mapping with skipped (-1) tokens."""
+    hq, hk, head_dim, rotary_dim = heads
+    cache = cos_sin_cache(4096, rotary_dim, torch.float32, device)
+    positions = torch.randint(0, 4096, (tokens,), device=device)
+    qkv, q, k = _qkv(tokens, hq, hk, head_dim, dtype, device)
+    v = qkv[:, (hq + hk) * head_dim :].view(tokens, hk, head_dim)
+    k_cache = torch.randn(num_pages, page_size, hk, head_dim, dtype=dtype, device=device)
+    v_cache = torch.randn_like(k_cache)
+    slots = torch.randperm(num_pages * page_size)[:tokens]
+    slots[::5] = -1
+    return positions, q, k, v, cache, k_cache, v_cache, slots.to(device)
+
+
+@pytest.mark.parametrize("device,backend", [*device_backend_params(), ("cpu", "torch")])
+@pytest.mark.parametrize("is_neox", [True, False])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("heads", [h for h in HEADS if h[2] in (64, 128, 256)], ids=lambda h: "x".join(map(str, h)))
+def test_rotary_embedding_and_store_kv(device, backend, is_neox, dtype, heads):
+    if backend == "torch" and dtype != torch.float32:
+        pytest.skip("the torch composite rotates in the half-precision dtype, as model code does")
+    positions, q, k, v, cache, k_cache, v_cache, slots = _fused_case(heads, dtype, device)
+    ref_q, ref_k, ref_kc, ref_vc = q.clone(), k.clone(), k_cache.clone(), v_cache.clone()
+    reference.rotary_embedding_(positions, ref_q, ref_k, cache, is_neox)
+    reference.store_kv_cache(ref_k, v, ref_kc, ref_vc, slots)
+    with kernels.backend(backend):
+        kernels.rotary_embedding_and_store_kv_(positions, q, k, v, cache, k_cache, v_cache, slots, is_neox)
+    assert_close(q, ref_q, dtype, "q")
+    assert_close(k, ref_k, dtype, "k")
+    assert_close(k_cache, ref_kc, dtype, "k_cache")
+    assert torch.equal(v_cache, ref_vc), "v_cache"
+
+
+def test_rotary_embedding_and_store_kv_bad_input_raises_before_writing():
+    case = _fused_case((4, 2, 64, 64), torch.float32, "cpu")
+    positions, q, k, v, cache, k_cache, v_cache, slots = case
+    before = [t.clone() for t in (q, k, k_cache, v_cache)]
+    bad = {
+        "v": (3, torch.randn(q.shape[0], 1, 64), ValueError),
+        "k_cache": (5, k_cache.half(), TypeError),
+        "slot_mapping": (7, slots.int(), TypeError),
+    }
+    for name, (index, value, error) in bad.items():
+        args = list(case)
+        args[index] = value
+        with pytest.raises(error, match=name):
+            kernels.rotary_embedding_and_store_kv_(*args)
+    for t, b in zip((q, k, k_cache, v_cache), before):
+        assert torch.equal(t, b)

@@ -5,7 +5,12 @@
 //
 // Items: neox pairs dims (i, i + rot/2), so an item is W dims of each half (W cos and sin values);
 // gptj pairs (2i, 2i + 1), so an item is W consecutive dims (W/2 cos and sin values).
+//
+// With a KV store (rotary_embedding_and_store_kv_), the block then writes its tokens' rotated k
+// rows and their v rows into the paged caches: one kernel instead of the rotation and
+// store_kv_cache, and it lets the decode attention that follows start its prologue (pdl.cuh).
 #include "cuda/common/launch.cuh"
+#include "cuda/common/pdl.cuh"
 #include "cuda/common/vec.cuh"
 #include "cuda/rotary/rotary_embedding.h"
 
@@ -33,6 +38,7 @@ struct RopeArgs {
   int64_t q_stride;
   int64_t k_stride;
   int64_t max_position;
+  KvStore store;  // used by the kStore kernels only
 };
 
 // Head h of the token: q's heads, then k's. Selects rather than branches, so that the loads of
@@ -46,11 +52,9 @@ __device__ __forceinline__ T* head_ptr(const RopeArgs<T, C>& a, int64_t token, i
 }
 
 template <typename T, typename C, int W, bool kNeox, bool kWide>
-__global__ void __launch_bounds__(kMaxThreads) rotary_kernel(const RopeArgs<T, C> a) {
+__device__ __forceinline__ void rotate_token(const RopeArgs<T, C>& a, int64_t token) {
   constexpr int kCs = kNeox ? W : W / 2;  // cos (and sin) values per item
   constexpr int kChunks = kNeox ? 2 : 1;  // W-dim chunks per item and head
-  const int64_t token = static_cast<int64_t>(blockIdx.x) * blockDim.z + threadIdx.z;
-  if (token >= a.tokens) return;
   const int64_t pos = a.positions[token * a.positions_stride];
   const bool valid = pos >= 0 && pos < a.max_position;
   const int half = a.rot_dim / 2;
@@ -118,7 +122,38 @@ __global__ void __launch_bounds__(kMaxThreads) rotary_kernel(const RopeArgs<T, C
   }
 }
 
-template <typename T, typename C, int W, bool kNeox, bool kWide>
+// The token's k row (already rotated) and v row into the caches at its slot (-1 or out of range:
+// skipped, as store_kv_cache does), W elements per access.
+template <typename T, typename C, int W, bool kWide>
+__device__ __forceinline__ void store_token(const RopeArgs<T, C>& a, int64_t token) {
+  const KvStore& st = a.store;
+  const int64_t slot = st.slots[token];
+  if (slot < 0 || slot >= st.num_slots) return;
+  const int64_t row = static_cast<int64_t>(a.heads - a.heads_q) * a.head_dim;
+  const T* k = a.k + token * a.k_stride;
+  const T* v = static_cast<const T*>(st.v) + token * st.v_stride;
+  T* kc = static_cast<T*>(st.k_cache) + slot * row;
+  T* vc = static_cast<T*>(st.v_cache) + slot * row;
+  const int threads = blockDim.x * blockDim.y;
+  for (int64_t e = (threadIdx.y * blockDim.x + threadIdx.x) * W; e < row; e += threads * W) {
+    store_vec<W, kWide>(kc + e, load_vec<W, kWide>(k + e));
+    store_vec<W, kWide>(vc + e, load_vec<W, kWide>(v + e));
+  }
+}
+
+template <typename T, typename C, int W, bool kNeox, bool kWide, bool kStore>
+__global__ void __launch_bounds__(kMaxThreads) rotary_kernel(const RopeArgs<T, C> a) {
+  if constexpr (kStore) let_dependents_start();
+  const int64_t token = static_cast<int64_t>(blockIdx.x) * blockDim.z + threadIdx.z;
+  const bool in_range = token < a.tokens;
+  if (in_range) rotate_token<T, C, W, kNeox, kWide>(a, token);
+  if constexpr (kStore) {
+    __syncthreads();  // the block's rotated k rows, stored above by other threads, are read back
+    if (in_range) store_token<T, C, kWide ? W : 1, kWide>(a, token);
+  }
+}
+
+template <typename T, typename C, int W, bool kNeox, bool kWide, bool kStore>
 void launch(const RopeArgs<T, C>& a, cudaStream_t stream) {
   constexpr int kCs = kNeox ? W : W / 2;
   const int items = a.rot_dim / 2 / kCs;
@@ -130,22 +165,24 @@ void launch(const RopeArgs<T, C>& a, cudaStream_t stream) {
   const int by = static_cast<int>(ceil_div(a.heads, heads_per_thread));
   const int bz = min(64, max(1, kMinThreads / (bx * by)));
   const dim3 grid(static_cast<unsigned>(ceil_div(a.tokens, bz)));
-  rotary_kernel<T, C, W, kNeox, kWide><<<grid, dim3(bx, by, bz), 0, stream>>>(a);
+  rotary_kernel<T, C, W, kNeox, kWide, kStore><<<grid, dim3(bx, by, bz), 0, stream>>>(a);
 }
 
-template <typename T, typename C>
+template <typename T, typename C, bool kStore>
 void launch_types(const RopeArgs<T, C>& a, bool is_neox, cudaStream_t stream) {
   constexpr int kW = kVec16<T>;
   // 16-byte items need every head, token and item start aligned, and the cache aligned to the
-  // cos / sin values an item reads.
+  // cos / sin values an item reads; a store also reads v rows 16 bytes at a time.
   const int cs_bytes = static_cast<int>(sizeof(C)) * (is_neox ? kW : kW / 2);
   const bool wide = (is_neox ? a.rot_dim / 2 : a.rot_dim) % kW == 0 && a.head_dim % kW == 0 &&
                     a.q_stride % kW == 0 && a.k_stride % kW == 0 && aligned(a.q, 16) &&
-                    aligned(a.k, 16) && aligned(a.cache, cs_bytes);
+                    aligned(a.k, 16) && aligned(a.cache, cs_bytes) &&
+                    (!kStore || (a.store.v_stride % kW == 0 && aligned(a.store.v, 16) &&
+                                 aligned(a.store.k_cache, 16) && aligned(a.store.v_cache, 16)));
   if (is_neox) {
-    wide ? launch<T, C, kW, true, true>(a, stream) : launch<T, C, 1, true, false>(a, stream);
+    wide ? launch<T, C, kW, true, true, kStore>(a, stream) : launch<T, C, 1, true, false, kStore>(a, stream);
   } else {
-    wide ? launch<T, C, kW, false, true>(a, stream) : launch<T, C, 2, false, false>(a, stream);
+    wide ? launch<T, C, kW, false, true, kStore>(a, stream) : launch<T, C, 2, false, false, kStore>(a, stream);
   }
 }
 
@@ -155,7 +192,8 @@ cudaError_t launch_rotary_embedding(const int64_t* positions, int64_t positions_
                                     void* k, const void* cos_sin_cache, int64_t tokens, int heads_q,
                                     int heads_k, int head_dim, int rot_dim, int64_t q_stride,
                                     int64_t k_stride, int64_t max_position, bool is_neox,
-                                    Dtype dtype, bool cache_float32, cudaStream_t stream) {
+                                    Dtype dtype, bool cache_float32, const KvStore* store,
+                                    cudaStream_t stream) {
   if (tokens == 0 || heads_q + heads_k == 0) return cudaSuccess;
   dispatch_dtype(dtype, [&](auto zero) {
     using T = decltype(zero);
@@ -173,8 +211,13 @@ cudaError_t launch_rotary_embedding(const int64_t* positions, int64_t positions_
                                 rot_dim,
                                 q_stride,
                                 k_stride,
-                                max_position};
-      launch_types(args, is_neox, stream);
+                                max_position,
+                                store != nullptr ? *store : KvStore{}};
+      if (store != nullptr) {
+        launch_types<T, C, true>(args, is_neox, stream);
+      } else {
+        launch_types<T, C, false>(args, is_neox, stream);
+      }
     };
     if (cache_float32) {
       run(float{});

@@ -12,6 +12,7 @@ OPS = {
     "rms_norm": norm.rms_norm,
     "fused_add_rms_norm_": norm.fused_add_rms_norm_,
     "rotary_embedding_": rope.rotary_embedding_,
+    "rotary_embedding_and_store_kv_": rope.rotary_embedding_and_store_kv_,
     "silu_and_mul": activation.silu_and_mul,
     "gelu_and_mul": activation.gelu_and_mul,
     "w4a16_gemm": quant.w4a16_gemm,

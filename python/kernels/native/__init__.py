@@ -33,6 +33,7 @@ OPS = (
     "rms_norm",
     "fused_add_rms_norm_",
     "rotary_embedding_",
+    "rotary_embedding_and_store_kv_",
     "silu_and_mul",
     "store_kv_cache",
     "paged_decode_attention",

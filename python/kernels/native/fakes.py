@@ -30,6 +30,10 @@ def register_fakes() -> None:
     def _(k, v, k_cache, v_cache, slot_mapping):
         return None
 
+    @torch.library.register_fake("kernels::rotary_embedding_and_store_kv_")
+    def _(positions, q, k, v, cos_sin_cache, k_cache, v_cache, slot_mapping, is_neox):
+        return None
+
     @torch.library.register_fake("kernels::paged_decode_attention")
     def _(q, k_cache, v_cache, page_table, seq_lens, scale, window, soft_cap):
         return q.new_empty(q.shape), q.new_empty(q.shape[:2], dtype=torch.float32)

@@ -114,6 +114,12 @@ def store_kv_cache(
         ``[num_tokens]``, int64: token ``t`` goes to page ``slot // page_size``, offset
         ``slot % page_size``; ``-1`` skips the token (padding).
     """
+    check_store(k, v, k_cache, v_cache, slot_mapping)
+    registry.dispatch("store_kv_cache", k, v, k_cache, v_cache, slot_mapping)
+
+
+def check_store(k, v, k_cache, v_cache, slot_mapping) -> None:
+    """The arguments of :func:`store_kv_cache` (also those of ``rotary_embedding_and_store_kv_``)."""
     _check_cache(k_cache, v_cache)
     for name, t in (("k", k), ("v", v)):
         checks.tensor(name, t, ndim=3, dtypes=ATTENTION_DTYPES, layout="[num_tokens, num_kv_heads, head_dim]")
@@ -131,7 +137,6 @@ def store_kv_cache(
         lo, hi = int(slot_mapping.min()), int(slot_mapping.max())
         if lo < -1 or hi >= slots:
             raise ValueError(f"slot_mapping must lie in [-1, {slots}) (-1 skips a token); got values in [{lo}, {hi}]")
-    registry.dispatch("store_kv_cache", k, v, k_cache, v_cache, slot_mapping)
 
 
 def paged_decode_attention(

@@ -6,6 +6,7 @@ import torch
 
 from .. import registry
 from . import checks
+from .attention import check_store
 
 
 def _check_heads(name: str, t, head_dim: int | None) -> None:
@@ -62,6 +63,50 @@ def rotary_embedding_(
     written; GPU kernels, which cannot raise without a host sync, fill that token's ``q`` and ``k``
     with NaN rather than read outside the cache.
     """
+    is_neox = _check_rotary(positions, q, k, cos_sin_cache, is_neox)
+    registry.dispatch("rotary_embedding_", positions, q, k, cos_sin_cache, is_neox)
+
+
+def rotary_embedding_and_store_kv_(
+    positions: torch.Tensor,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    cos_sin_cache: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    slot_mapping: torch.Tensor,
+    is_neox: bool = True,
+) -> None:
+    """:func:`rotary_embedding_` on ``q`` and ``k``, then :func:`kernels.store_kv_cache` of the
+    rotated ``k`` and of ``v``: what an attention layer does to its new tokens before attending.
+
+    The same results as the two calls in turn (``q`` and ``k`` rotated in place, the caches
+    written); on CUDA it is one kernel instead of two, and the decode attention launched after it
+    starts its prologue while it runs.
+
+    Parameters
+    ----------
+    positions, q, k, cos_sin_cache, is_neox
+        As in :func:`rotary_embedding_`.
+    v : torch.Tensor
+        ``[num_tokens, num_kv_heads, head_dim]``, ``k``'s dtype and layout rules.
+    k_cache, v_cache, slot_mapping
+        As in :func:`kernels.store_kv_cache`; ``k_cache`` and ``v_cache`` have ``q``'s dtype.
+
+    Returns
+    -------
+    None
+    """
+    is_neox = _check_rotary(positions, q, k, cos_sin_cache, is_neox)
+    check_store(k, v, k_cache, v_cache, slot_mapping)
+    checks.same_device("k_cache", k_cache, "q", q)
+    registry.dispatch(
+        "rotary_embedding_and_store_kv_", positions, q, k, v, cos_sin_cache, k_cache, v_cache, slot_mapping, is_neox
+    )
+
+
+def _check_rotary(positions, q, k, cos_sin_cache, is_neox) -> bool:
     checks.tensor("positions", positions, ndim=1, dtypes=(torch.int64,), layout="[num_tokens]")
     _check_heads("q", q, None)
     _check_heads("k", k, q.shape[2])
@@ -84,7 +129,7 @@ def rotary_embedding_(
     is_neox = checks.boolean("is_neox", is_neox)
     if not checks.tracing():  # these need data pointers and values, unknown while tracing
         _check_memory(positions, q, k, cos_sin_cache.shape[0])
-    registry.dispatch("rotary_embedding_", positions, q, k, cos_sin_cache, is_neox)
+    return is_neox
 
 
 def _check_memory(positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor, max_position: int) -> None:

@@ -1,5 +1,7 @@
 import torch
 
+from .attention import store_kv_cache
+
 
 def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, is_neox: bool) -> torch.Tensor:
     """x [tokens, heads, rotary_dim] float32; cos, sin [tokens, 1, rotary_dim / 2]."""
@@ -22,3 +24,8 @@ def rotary_embedding_(
     for t in (q, k):
         rotated = _rotate(t[..., :rotary_dim].float(), cos, sin, is_neox)
         t[..., :rotary_dim] = rotated.to(t.dtype)
+
+
+def rotary_embedding_and_store_kv_(positions, q, k, v, cos_sin_cache, k_cache, v_cache, slot_mapping, is_neox) -> None:
+    rotary_embedding_(positions, q, k, cos_sin_cache, is_neox)
+    store_kv_cache(k, v, k_cache, v_cache, slot_mapping)

@@ -16,6 +16,7 @@ import triton
 import triton.language as tl
 
 from . import _util
+from .attention import store_kv_cache
 
 # Elements of one half (x1 or x2) of a HEAD_BLOCK of heads.
 HALF_ELEMENTS = 2048
@@ -114,6 +115,12 @@ def rotary_embedding_(
             HALF_BLOCK=cfg.half_block, HEAD_BLOCK=cfg.head_block, TAIL_BLOCK=cfg.tail_block,
             IS_NEOX=is_neox, num_warps=cfg.num_warps,
         )
+
+
+def rotary_embedding_and_store_kv_(positions, q, k, v, cos_sin_cache, k_cache, v_cache, slot_mapping, is_neox):
+    # Two launches: the fusion is the native CUDA kernel's.
+    rotary_embedding_(positions, q, k, cos_sin_cache, is_neox)
+    store_kv_cache(k, v, k_cache, v_cache, slot_mapping)
 
 
 def aot_cases():
