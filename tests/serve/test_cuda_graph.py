@@ -182,7 +182,7 @@ def test_graph_decode_matches_eager_bf16(tiny_cuda):
         graph = runner.run(fb).clone()
         replays += 1
         assert runner.num_replays == replays
-        assert graph.shape == (b, c.vocab_size) and graph.dtype == torch.float32
+        assert graph.shape == (b, c.vocab_size) and graph.dtype == model.dtype
         written = _changed_slots(before, pool.kv_caches, PS)
         assert written <= set(fb.slot_mapping.tolist()), "the graph wrote K/V outside the batch's slots"
         for k, v in pool.kv_caches:
