@@ -57,6 +57,12 @@ def torch_eager(spec: OpSpec) -> Peer:
     return Peer("torch_eager", spec.composite, outputs=spec.outputs)
 
 
+def unfused(spec: OpSpec) -> Peer:
+    if spec.unfused is None:
+        raise PeerUnavailable(f"{spec.name} is not a fusion of other ops")
+    return Peer("unfused", spec.unfused, outputs=spec.outputs)
+
+
 def torch_compile(spec: OpSpec) -> Peer:
     """A fresh compile of the composite (compiled lazily by the first, untimed, call)."""
     import torch._dynamo
@@ -223,7 +229,7 @@ def dense_matmul(spec: OpSpec, name: str) -> Peer:
 
 
 PEER_NAMES = (
-    "torch_eager", "torch_compile", "liger", "sdpa", "sdpa_cudnn", "sdpa_flash", "triton", "bf16_matmul", "fp32_matmul",
+    "torch_eager", "torch_compile", "unfused", "liger", "sdpa", "sdpa_cudnn", "sdpa_flash", "triton", "bf16_matmul", "fp32_matmul",
     "scaled_mm_tensor", "scaled_mm_rowwise", "scaled_mm_rowwise_fast", "scaled_mm_blockwise",
 )  # fmt: skip
 
@@ -250,6 +256,8 @@ def peers_for(
                 found.append(torch_eager(spec))
             elif name == "torch_compile":
                 found.append(torch_compile(spec))
+            elif name == "unfused":
+                found.append(unfused(spec))
             elif name == "liger":
                 found.append(liger(spec, variant, device))
             elif name in DENSE_MATMUL:

@@ -112,6 +112,8 @@ class OpSpec:
     # A single input set larger than this many times the last-level cache / L2 is timed alone
     # (no rotation among several: it already streams from DRAM; two would not fit in memory).
     single_set_over_cache: float | None = None
+    # A fused op's work done by the separate public ops it replaces (the ``unfused`` peer)
+    unfused: Callable | None = None
 
     def parse_shape(self, text: str) -> tuple[int, ...]:
         dims = _parse_dims(self.name, text, self.layout)
@@ -239,12 +241,12 @@ def rope_heads(hidden: int) -> tuple[int, int, int]:
     return num_heads, num_heads // ROPE_QUERIES_PER_KV_HEAD, ROPE_HEAD_DIM
 
 
-def _rope_validate(text, dims):
+def rope_validate(text, dims, op="rotary_embedding_"):
     hidden = dims[1]
     unit = ROPE_HEAD_DIM * ROPE_QUERIES_PER_KV_HEAD
     if hidden % unit:
         raise ShapeError(
-            f"bad shape {text!r} for rotary_embedding_: HIDDEN (= num_heads * head_dim of q) must be a "
+            f"bad shape {text!r} for {op}: HIDDEN (= num_heads * head_dim of q) must be a "
             f"multiple of {unit} (head_dim {ROPE_HEAD_DIM}, {ROPE_QUERIES_PER_KV_HEAD} query heads per KV "
             f"head, as Llama-3-8B's 32/8 heads), e.g. 128x4096"
         )
@@ -265,17 +267,22 @@ def _rope_positions(tokens: int, max_position: int, device, gen) -> torch.Tensor
     return torch.cat(perms)[:tokens].contiguous()
 
 
-def _rope_inputs(dims, dtype, device, variant, gen):
+def rope_qkv(dims, dtype, device, gen):
+    """positions, q, k, v and the cos / sin cache of a RoPE shape: q, k and v are views of one fused
+    qkv projection output, as a serving engine passes them."""
     tokens, hidden = dims
     num_heads, num_kv_heads, head_dim = rope_heads(hidden)
-    # q and k are views of one fused qkv projection output, as a serving engine passes them.
     width = (num_heads + 2 * num_kv_heads) * head_dim
     qkv = _normal((tokens, width), dtype, device, gen)
-    q = qkv[:, : num_heads * head_dim].view(tokens, num_heads, head_dim)
-    k = qkv[:, num_heads * head_dim : (num_heads + num_kv_heads) * head_dim].view(tokens, num_kv_heads, head_dim)
+    q, k, v = qkv.split([num_heads * head_dim, num_kv_heads * head_dim, num_kv_heads * head_dim], dim=1)
+    q, k, v = (t.view(tokens, -1, head_dim) for t in (q, k, v))
     max_position = ROPE_MAX_POSITION
     positions = _rope_positions(tokens, max_position, device, gen)
-    cache = _rope_cache(max_position, head_dim, dtype, device)
+    return positions, q, k, v, _rope_cache(max_position, head_dim, dtype, device)
+
+
+def _rope_inputs(dims, dtype, device, variant, gen):
+    positions, q, k, _, cache = rope_qkv(dims, dtype, device, gen)
     return (positions, q, k, cache, variant == "neox")
 
 
@@ -291,7 +298,7 @@ def _rope_cache(max_position, rotary_dim, dtype, device) -> torch.Tensor:
     return _CACHES[key]
 
 
-def _rope_bytes(dims, dtype):
+def rope_bytes(dims, dtype):
     tokens, hidden = dims
     num_heads, num_kv_heads, head_dim = rope_heads(hidden)
     size = dtype_size(dtype)
@@ -358,10 +365,10 @@ SPECS: dict[str, OpSpec] = {
         public=_rope.rotary_embedding_,
         composite=composite.rope.rotary_embedding_,
         reference=reference.rotary_embedding_,
-        _bytes=_rope_bytes,
+        _bytes=rope_bytes,
         _inputs=_rope_inputs,
         _outputs=lambda args, result: [args[1], args[2]],
-        _validate=_rope_validate,
+        _validate=rope_validate,
     ),
     "silu_and_mul": OpSpec(
         name="silu_and_mul",

@@ -10,6 +10,8 @@ Shape strings (DESIGN.md):
   prefix of CONTEXT - its new tokens). Variant ``raggedN``: N sequences of TOKENS / N new tokens
   each (all of the same lengths); without it, one sequence.
 - ``store_kv_cache``: ``TOKENSxKVHEADSxDIM`` (pages of 16 tokens).
+- ``rotary_embedding_and_store_kv_``: ``TOKENSxHIDDEN``, RoPE's shapes; K / V into pages of 16
+  tokens. Its ``unfused`` peer is ``rotary_embedding_`` then ``store_kv_cache``.
 - ``merge_attention_states``: ``TOKENSxHEADSxDIM``.
 
 Variants of the two attention ops are ``+``-joined parts, e.g. ``ragged8+window4096+softcap50``:
@@ -28,9 +30,11 @@ import re
 
 import torch
 
+from .. import composite
 from .. import reference as _reference
 from ..ops import attention as _attention
-from .specs import OpSpec, ShapeError, dtype_size
+from ..ops import rope as _rope
+from .specs import OpSpec, ShapeError, dtype_size, rope_bytes, rope_heads, rope_qkv, rope_validate
 
 PREFILL_PAGE = 16
 STORE_PAGE = 16
@@ -285,16 +289,21 @@ def _store_validate(text, dims):
 
 def _store_inputs(dims, dtype, device, variant, gen):
     tokens, kv_heads, head_dim = dims
-    num_pages = math.ceil(tokens / STORE_PAGE)
     k = _randn((tokens, kv_heads, head_dim), dtype, device, gen)
     v = _randn((tokens, kv_heads, head_dim), dtype, device, gen)
+    return (k, v, *_paged_destination(tokens, kv_heads, head_dim, dtype, device, gen))
+
+
+def _paged_destination(tokens, kv_heads, head_dim, dtype, device, gen):
+    """k_cache, v_cache and the slots of ``tokens`` new tokens: they fill shuffled pages in order
+    (a prefill into a cache that has served requests)."""
+    num_pages = math.ceil(tokens / STORE_PAGE)
     k_cache = _randn((num_pages, STORE_PAGE, kv_heads, head_dim), dtype, device, gen)
     v_cache = _randn((num_pages, STORE_PAGE, kv_heads, head_dim), dtype, device, gen)
-    # The tokens fill shuffled pages in order (a prefill into a cache that has served requests).
     pages = torch.randperm(num_pages, device=device, generator=gen)
     t = torch.arange(tokens, device=device)
     slot_mapping = (pages[t // STORE_PAGE] * STORE_PAGE + t % STORE_PAGE).to(torch.int64)
-    return (k, v, k_cache, v_cache, slot_mapping)
+    return k_cache, v_cache, slot_mapping
 
 
 def _store_bytes(dims, dtype):
@@ -311,6 +320,35 @@ def store_kv_cache_composite(k, v, k_cache, v_cache, slot_mapping):
     """
     k_cache.view(-1, k_cache.shape[2], k_cache.shape[3])[slot_mapping] = k
     v_cache.view(-1, v_cache.shape[2], v_cache.shape[3])[slot_mapping] = v
+
+
+# ---------------------------------------------------------------------------------------------
+# rotary_embedding_and_store_kv_: TOKENSxHIDDEN (RoPE's shapes), K / V into pages of STORE_PAGE
+
+
+def _rope_store_inputs(dims, dtype, device, variant, gen):
+    positions, q, k, v, cache = rope_qkv(dims, dtype, device, gen)
+    k_cache, v_cache, slots = _paged_destination(dims[0], k.shape[1], k.shape[2], dtype, device, gen)
+    return (positions, q, k, v, cache, k_cache, v_cache, slots, variant == "neox")
+
+
+def _rope_store_bytes(dims, dtype):
+    tokens, hidden = dims
+    _, num_kv_heads, head_dim = rope_heads(hidden)
+    # RoPE's traffic, then read v and write k and v rows into the caches, read the int64 slots
+    return rope_bytes(dims, dtype) + 3 * tokens * num_kv_heads * head_dim * dtype_size(dtype) + 8 * tokens
+
+
+def rope_then_store(positions, q, k, v, cos_sin_cache, k_cache, v_cache, slot_mapping, is_neox):
+    """The two public ops in turn: what the fused op replaces."""
+    _rope.rotary_embedding_(positions, q, k, cos_sin_cache, is_neox)
+    _attention.store_kv_cache(k, v, k_cache, v_cache, slot_mapping)
+
+
+def rope_then_store_composite(positions, q, k, v, cos_sin_cache, k_cache, v_cache, slot_mapping, is_neox):
+    """Model code without kernels: the torch RoPE composite, then ``index_put_`` into the caches."""
+    composite.rope.rotary_embedding_(positions, q, k, cos_sin_cache, is_neox)
+    store_kv_cache_composite(k, v, k_cache, v_cache, slot_mapping)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -420,6 +458,27 @@ ATTENTION_SPECS: dict[str, OpSpec] = {
         _outputs=lambda args, result: [args[2], args[3]],
         _validate=_store_validate,
         peers=_TORCH_PEERS,
+    ),
+    "rotary_embedding_and_store_kv_": OpSpec(
+        name="rotary_embedding_and_store_kv_",
+        summary="RoPE on q and k in place, then k and v into the paged cache",
+        layout="TOKENSxHIDDEN",
+        layout_doc=(
+            "rotary_embedding_'s shapes (HIDDEN = num_heads * head_dim of q, Llama-3-8B's heads); q, k, v "
+            f"are views of a fused qkv tensor; K / V go into shuffled pages of {STORE_PAGE} tokens"
+        ),
+        variants=("neox",),
+        default_shapes={"cuda": ("1x4096", "64x4096", "2048x4096", "16384x4096"), "cpu": ("1x4096", "512x4096")},
+        inplace=True,
+        public=_rope.rotary_embedding_and_store_kv_,
+        composite=rope_then_store_composite,
+        reference=_reference.rotary_embedding_and_store_kv_,
+        _bytes=_rope_store_bytes,
+        _inputs=_rope_store_inputs,
+        _outputs=lambda args, result: [args[1], args[2], args[5], args[6]],
+        _validate=lambda text, dims: rope_validate(text, dims, "rotary_embedding_and_store_kv_"),
+        peers={"cuda": ("unfused", "torch_eager"), "cpu": ("unfused", "torch_eager")},
+        unfused=rope_then_store,
     ),
     "merge_attention_states": OpSpec(
         name="merge_attention_states",
