@@ -18,7 +18,7 @@ __global__ void __launch_bounds__(128) store_kv_cache_kernel(
     T* __restrict__ v_cache, const int64_t* __restrict__ slot_mapping, int64_t row,
     int64_t k_stride, int64_t v_stride, int64_t num_slots) {
   constexpr bool kWide = W > 1;
-  let_dependents_start();  // decode attention, next, runs its prologue meanwhile
+  let_dependents_start();  // decode attention, next, is placed meanwhile (it waits for this kernel)
   const int64_t t = blockIdx.x;
   const int64_t e = (static_cast<int64_t>(blockIdx.y) * blockDim.x + threadIdx.x) * W;
   if (e >= row) return;

@@ -221,6 +221,9 @@ __global__ void __launch_bounds__(Tiling<D>::kThreads, 4)
   const int ps = p.page_size;
   const int32_t* pt = p.page_table + static_cast<int64_t>(b) * p.max_pages;
 
+  // Every input may have been written by the kernel before this one: nothing is read before it
+  // has finished (pdl.cuh; the launch itself overlaps its tail).
+  wait_for_producer();
   // This CTA's tokens [start, end) of the attended range [lo, len).
   const int len = p.seq_lens[b];
   bool bad = len < 1 || static_cast<int64_t>(len) > static_cast<int64_t>(p.max_pages) * ps;
@@ -283,10 +286,6 @@ __global__ void __launch_bounds__(Tiling<D>::kThreads, 4)
   Rows first_rows[kAhead];
 #pragma unroll
   for (int t = 0; t < kAhead; ++t) fetch_pages(t, first_rows[t]);
-  // Lengths and page tables were written before the producer (the kernel before this one in the
-  // stream, which writes q and this step's K / V) started, so the reads above may overlap it; q
-  // and K / V wait until it has finished.
-  wait_for_producer();
   // The group's q as mma A fragments (rows = heads, padded to 16 with zeros; raw, unscaled):
   // qa[k][0] = q[qr][16k + 2qc, +1], qa[k][1] = q[qr][16k + 8 + 2qc, +1].
   // Head_dim 256 re-reads them (L1) every tile instead: registers.
@@ -485,8 +484,8 @@ __global__ void __launch_bounds__(Tiling<D>::kThreads, 4)
 // Query heads per CTA: the group, padded to 1, 2, 4 or 8; larger groups take ceil(group / 8) CTAs.
 int group_pad(int group) { return group > 4 ? 8 : group > 2 ? 4 : group; }
 
-// Launched to overlap its producer (pdl.cuh): the prologue's length and page-table reads run
-// while the kernel that wrote q and the new K / V finishes.
+// Launched to overlap its producer (pdl.cuh): the CTAs are placed while the kernel before them
+// finishes, then wait for it.
 template <typename T, int D, int GP>
 cudaError_t launch_kernel(const DecodeParams& p, int64_t batch, cudaStream_t stream) {
   const dim3 grid(static_cast<unsigned>(batch), p.num_kv_heads * p.head_chunks, p.splits);

@@ -1,8 +1,10 @@
 // Programmatic dependent launch (sm_90+): a kernel launched with launch_overlapping_producer may
 // start while the kernel before it in the stream (its producer) is still running, once every CTA
-// of the producer has called let_dependents_start or exited. It runs its producer-independent
-// prologue (lengths, page tables), then wait_for_producer blocks until the producer has finished
-// and its writes are visible. Older GPUs launch it normally and both calls compile to nothing.
+// of the producer has called let_dependents_start or exited; its launch then overlaps the
+// producer's tail instead of following it. wait_for_producer blocks until the producer has
+// finished and its writes are visible: a dependent calls it before reading anything, since any
+// kernel may come before it (an exited CTA's writes are not yet guaranteed visible either). Older
+// GPUs launch it normally and both calls compile to nothing.
 #pragma once
 #include <cuda_runtime_api.h>
 

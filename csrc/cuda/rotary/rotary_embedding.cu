@@ -8,7 +8,7 @@
 //
 // With a KV store (rotary_embedding_and_store_kv_), the block then writes its tokens' rotated k
 // rows and their v rows into the paged caches: one kernel instead of the rotation and
-// store_kv_cache, and it lets the decode attention that follows start its prologue (pdl.cuh).
+// store_kv_cache, and the decode attention that follows is launched while it runs (pdl.cuh).
 #include "cuda/common/launch.cuh"
 #include "cuda/common/pdl.cuh"
 #include "cuda/common/vec.cuh"

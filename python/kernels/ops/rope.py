@@ -83,7 +83,7 @@ def rotary_embedding_and_store_kv_(
 
     The same results as the two calls in turn (``q`` and ``k`` rotated in place, the caches
     written); on CUDA it is one kernel instead of two, and the decode attention launched after it
-    starts its prologue while it runs.
+    is placed on the GPU while it runs (programmatic dependent launch; it waits for its results).
 
     Parameters
     ----------
