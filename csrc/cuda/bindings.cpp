@@ -280,6 +280,7 @@ Dtype attention_dtype(const Tensor& t, const char* op) {
 struct AttentionShape {
   Dtype dtype;
   int64_t heads, head_dim, page_size, kv_heads, max_pages;
+  int64_t q_stride;  // elements between q's tokens (heads contiguous)
 };
 
 AttentionShape check_attention(const Tensor& q, const Tensor& k_cache, const Tensor& v_cache,
@@ -288,10 +289,9 @@ AttentionShape check_attention(const Tensor& q, const Tensor& k_cache, const Ten
   check_on(q, device, "q");
   check_caches(k_cache, v_cache, device, op);
   check_on(page_table, device, "page_table");
-  KERNELS_CHECK(q.dim() == 3 && q.stride(2) == 1 && (q.size(1) == 1 || q.stride(1) == q.size(2)), op,
-                ": q must be [tokens, heads, head_dim] with contiguous heads");
+  KERNELS_CHECK(q.dim() == 3, op, ": q must be [tokens, heads, head_dim]");
   AttentionShape a{attention_dtype(q, op), q.size(1), q.size(2), k_cache.size(1), k_cache.size(2),
-                   page_table.size(1)};
+                   page_table.size(1), check_heads(q, q.size(0), q.size(2), "q")};
   KERNELS_CHECK(k_cache.scalar_type() == q.scalar_type(), op, ": the caches must have q's dtype");
   KERNELS_CHECK(k_cache.size(3) == a.head_dim && (a.head_dim == 64 || a.head_dim == 128 || a.head_dim == 256),
                 op, ": head_dim must be 64, 128 or 256, the same in q and the caches");
@@ -336,7 +336,8 @@ std::tuple<Tensor, Tensor> paged_decode_attention(Tensor q, Tensor k_cache, Tens
   if (batch == 0) return std::make_tuple(out, lse);
   // q may be a strided view (the q slice of a fused qkv): read in place when its rows stay
   // 16-byte aligned, which the kernel's loads need.
-  if (q.stride(0) % 8 != 0 && batch > 1) q = torch::stable::contiguous(q);
+  const bool copy_q = a.q_stride % 8 != 0;
+  if (copy_q) q = torch::stable::contiguous(q);
   const DecodeShape shape{batch,
                           static_cast<int>(heads),
                           static_cast<int>(kv_heads),
@@ -344,7 +345,7 @@ std::tuple<Tensor, Tensor> paged_decode_attention(Tensor q, Tensor k_cache, Tens
                           static_cast<int>(page_size),
                           static_cast<int>(max_pages),
                           k_cache.size(0),
-                          batch > 1 ? q.stride(0) : heads * head_dim};
+                          copy_q ? heads * head_dim : a.q_stride};
   const DeviceGuard guard(device);
   const int splits = max_pages == 0 ? 1 : paged_decode_splits(shape, window_i, device);
   // The split partials come from torch's caching allocator (stream-ordered, graph-capture safe).
