@@ -354,8 +354,7 @@ std::tuple<Tensor, Tensor> paged_decode_attention(Tensor q, Tensor k_cache, Tens
   Tensor ws_out = lse, ws_lse = lse;
   if (splits > 1) {
     ws_out = torch::stable::new_empty(q, {batch, splits, heads, head_dim}, ScalarType::Float);
-    // One more row: the merge counters, zero before the launch (the kernel leaves them zero).
-    ws_lse = torch::stable::new_zeros(q, {batch, splits + 1, heads}, ScalarType::Float);
+    ws_lse = torch::stable::new_empty(q, {batch, splits, heads}, ScalarType::Float);
     part_out = static_cast<float*>(ws_out.mutable_data_ptr());
     part_lse = static_cast<float*>(ws_lse.mutable_data_ptr());
   }

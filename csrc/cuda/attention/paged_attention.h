@@ -30,9 +30,8 @@ int paged_decode_splits(const DecodeShape& shape, int window, int device);
 // q [batch, num_heads, head_dim] (heads contiguous, rows q_stride apart) -> out (q's dtype,
 // bf16 / fp16), lse [batch, num_heads] float32.
 // With splits > 1, part_out [batch, splits, num_heads, head_dim] and part_lse
-// [batch, splits + 1, num_heads] (float32) are the workspace: part_lse's last row holds int32
-// counters that must be zero before the launch (the launch leaves them zero, so a workspace
-// zeroed once can be reused, e.g. by CUDA-graph replays). The last CTA of each split group merges.
+// [batch, splits, num_heads] (float32) are the workspace, written and then merged by the launch
+// (nothing needs initialising: a graph can capture the launch with any workspace).
 cudaError_t launch_paged_decode(void* out, float* lse, float* part_out, float* part_lse,
                                 const void* q, const void* k_cache, const void* v_cache,
                                 const int32_t* page_table, const int32_t* seq_lens,

@@ -10,9 +10,11 @@
 // softmax (exp2 domain); warps merge once at the end through shared memory.
 //
 // splits == 1 writes out / lse directly; otherwise each CTA writes a float32 partial (out, lse in
-// log2 units), then counts itself in on its (sequence, head group)'s counter; the last split to
-// arrive merges the group's partials and resets the counter to 0 (ready for the next launch / graph
-// replay). The host picks the splits so that all CTAs fit in one wave of the machine.
+// log2 units) and a second kernel, launched to overlap the first one's tail, merges each (sequence,
+// query head)'s partials in one CTA. (A merge by the last split CTA to finish, found by a counter,
+// took ~5.7 us after the last partial was written: one CTA of 64 threads read all the group's
+// partials in round trips of 32 loads; the counters also needed zeroing before every launch.) The
+// host picks the splits so that all CTAs fit in one wave of the machine.
 //
 // Bad input: a seq_len outside [1, max_pages * page_size] or a page index outside [0, num_pages)
 // among the pages of a CTA's token range (split 0 also checks the pages before a window) is never
@@ -72,7 +74,6 @@ struct DecodeParams {
   float* lse;
   float* part_out;
   float* part_lse;
-  int* counters;  // [batch, kv heads * head_chunks]: zero between launches
   const void* q;
   const void* k_cache;
   const void* v_cache;
@@ -90,110 +91,95 @@ struct DecodeParams {
 // score's error is absolute, so that is what matters).
 __device__ __forceinline__ float tanh_fast(float x) { return 1.f - 2.f / (__expf(2.f * x) + 1.f); }
 
-// Called by every thread of a split CTA after it wrote its partials (out and lse of its nh heads).
-// The release: each thread's writes, its fence, the barrier, then thread 0's fence and atomicAdd;
-// the CTA whose atomicAdd returns splits - 1 is the last, and after thread 0's fence (acquire) it
-// reads the others' partials from L2 (ld.cg: no stale L1 lines). It resets the counter, which no
-// other CTA of this launch touches any more. Splits with lse -inf are empty (out 0, weight 0); a
-// NaN lse (bad input) makes the result NaN.
-template <typename T, int D, int GP, int kThreads>
-__device__ __forceinline__ void merge_if_last(const DecodeParams& p, int b, int head0, int nh, char* smem) {
-  const int tid = threadIdx.x;
-  const int lane = tid % 32;
-  const int warp = tid / 32;
-  constexpr int kWarps = kThreads / 32;
-  int* counter = p.counters + static_cast<int64_t>(b) * gridDim.y + blockIdx.y;
-  __threadfence();
-  __syncthreads();  // also: the CTA is done with shared memory
-  int ticket = 0;
-  if (tid == 0) {
-    __threadfence();
-    ticket = atomicAdd(counter, 1);
-    __threadfence();
-  }
-  if (!__syncthreads_or(tid == 0 && ticket == p.splits - 1)) return;
-  if (tid == 0) *counter = 0;
+// The split partials of one (sequence, query head) merged by one CTA (launched after the decode
+// kernel, overlapping its tail). Its threads form rows of D / 4 lanes, a float4 of the head each;
+// row r takes splits r, r + kMergeRows, ...: a split's weight is exp2(lse - max) / sum. The first
+// batch of partials is loaded before the weights are known, so the two loads' latencies overlap.
+// Splits with lse -inf are empty (out 0, weight 0); a NaN lse (bad input) makes the result NaN.
+constexpr int kMergeThreads = 128;
+static_assert(kMaxSplits <= 2 * kMergeThreads, "two lse values per merge thread");
 
-  const int S = p.splits;
-  float* w = reinterpret_cast<float*>(smem);  // [S][GP]: lse (log2), then the merge weight
-  float* inv = w + kMaxSplits * GP;           // [GP]: 1 / sum, NaN for bad input
-  static_assert((kMaxSplits + 1) * GP * 4 <= Tiling<D>::kSmemBytes, "merge does not fit");
-  const float* pl = p.part_lse + static_cast<int64_t>(b) * S * p.num_heads + head0;
-  for (int i = tid; i < nh * S; i += kThreads) {
-    const int s = i / nh, g = i % nh;
-    w[s * GP + g] = __ldcg(pl + static_cast<int64_t>(s) * p.num_heads + g);
-  }
+template <typename T, int D>
+__global__ void __launch_bounds__(kMergeThreads) merge_splits_kernel(const DecodeParams p) {
+  constexpr int kLanes = D / 4;
+  constexpr int kRows = kMergeThreads / kLanes;
+  constexpr int kBatch = 16;  // partials in flight per thread
+  constexpr int kWarps = kMergeThreads / 32;
+  __shared__ float weight[kMaxSplits];
+  __shared__ float red[2][kWarps];
+  __shared__ float4 rows_sum[kRows][kLanes];
+  const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
+  const int row = tid / kLanes, col = tid % kLanes;
+  const int b = blockIdx.x, h = blockIdx.y, S = p.splits;
+  const float* lse = p.part_lse + static_cast<int64_t>(b) * S * p.num_heads + h;
+  const float4* part =
+      reinterpret_cast<const float4*>(p.part_out + (static_cast<int64_t>(b) * S * p.num_heads + h) * D) + col;
+  const int64_t part_stride = static_cast<int64_t>(p.num_heads) * (D / 4);  // float4s from split to split
+
+  wait_for_producer();
+  float4 x[kBatch];
+  auto load_batch = [&](int s0) {
+#pragma unroll
+    for (int j = 0; j < kBatch; ++j) {
+      const int s = s0 + row + j * kRows;
+      x[j] = s < S ? __ldcg(part + s * part_stride) : make_float4(0.f, 0.f, 0.f, 0.f);
+    }
+  };
+  load_batch(0);
+  const float l0 = tid < S ? __ldcg(lse + static_cast<int64_t>(tid) * p.num_heads) : -INFINITY;
+  const float l1 = tid + kMergeThreads < S ? __ldcg(lse + static_cast<int64_t>(tid + kMergeThreads) * p.num_heads) : -INFINITY;
+  const bool nan = __syncthreads_or(l0 != l0 || l1 != l1);
+  float mx = fmaxf(l0, l1);
+#pragma unroll
+  for (int off = 16; off > 0; off /= 2) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, off));
+  if (lane == 0) red[0][warp] = mx;
   __syncthreads();
+#pragma unroll
+  for (int w = 0; w < kWarps; ++w) mx = fmaxf(mx, red[0][w]);
+  const float f0 = exp2f(l0 - mx), f1 = exp2f(l1 - mx);  // 0 for an empty or absent split
+  if (tid < S) weight[tid] = f0;
+  if (tid + kMergeThreads < S) weight[tid + kMergeThreads] = f1;
+  float sum = f0 + f1;
+#pragma unroll
+  for (int off = 16; off > 0; off /= 2) sum += __shfl_xor_sync(0xffffffffu, sum, off);
+  if (lane == 0) red[1][warp] = sum;
+  __syncthreads();
+  sum = 0.f;
+#pragma unroll
+  for (int w = 0; w < kWarps; ++w) sum += red[1][w];
+
+  float4 acc = make_float4(0.f, 0.f, 0.f, 0.f);
+  for (int s0 = 0; s0 < S; s0 += kBatch * kRows) {
+    if (s0 > 0) load_batch(s0);
+#pragma unroll
+    for (int j = 0; j < kBatch; ++j) {
+      const int s = s0 + row + j * kRows;
+      const float f = s < S ? weight[s] : 0.f;
+      acc.x += f * x[j].x;
+      acc.y += f * x[j].y;
+      acc.z += f * x[j].z;
+      acc.w += f * x[j].w;
+    }
+  }
+  rows_sum[row][col] = acc;
+  __syncthreads();
+  if (row != 0) return;
   const float nanf = __int_as_float(0x7fc00000);
-  // Warp w takes heads w, w + kWarps, ...; every warp runs every round (block-uniform trip count).
-  for (int g0 = 0; g0 < nh; g0 += kWarps) {
-    const int g = g0 + warp;
-    const int n = g < nh ? S : 0;  // splits this warp looks at
-    float mx = -INFINITY;
-    bool nan = false;
-    for (int s = lane; s < n; s += 32) {
-      const float x = w[s * GP + g];
-      nan |= x != x;
-      mx = fmaxf(mx, x);
-    }
-    nan = __any_sync(0xffffffffu, nan);
+  const float inv = nan ? nanf : 1.f / sum;
+  float o[4] = {0.f, 0.f, 0.f, 0.f};
 #pragma unroll
-    for (int off = 16; off > 0; off /= 2) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, off));
-    float sum = 0.f;
-    for (int s = lane; s < n; s += 32) {
-      const float f = exp2f(w[s * GP + g] - mx);  // 0 for an empty split
-      w[s * GP + g] = f;
-      sum += f;
-    }
-#pragma unroll
-    for (int off = 16; off > 0; off /= 2) sum += __shfl_xor_sync(0xffffffffu, sum, off);
-    if (lane == 0 && g < nh) {
-      inv[g] = nan ? nanf : 1.f / sum;
-      p.lse[static_cast<int64_t>(b) * p.num_heads + head0 + g] = nan ? nanf : (mx + __log2f(sum)) * kLn2;
-    }
-  }
-  __syncthreads();
-  // Four dims per unit, each thread's units together: every split's loads of all of them are
-  // independent, so unrolling over splits keeps ~32 L2 loads in flight per thread (one unit at a
-  // time left 16, and the merge's round trips were the tail of a split launch).
-  constexpr int kUnits = (GP * (D / 4) + kThreads - 1) / kThreads;
-  constexpr int kUnroll = kUnits >= 16 ? 2 : 32 / kUnits;
-  const float* po = p.part_out + (static_cast<int64_t>(b) * S * p.num_heads + head0) * D;
-  const int64_t split_stride = static_cast<int64_t>(p.num_heads) * D;
-  const int units = nh * (D / 4);
-  int head[kUnits];
-  const float* src[kUnits];
-  float acc[kUnits][4];
-#pragma unroll
-  for (int j = 0; j < kUnits; ++j) {
-    const int u = min(tid + j * kThreads, units - 1);  // past the end: never loaded nor stored
-    head[j] = u / (D / 4);
-    src[j] = po + head[j] * D + u % (D / 4) * 4;
-    acc[j][0] = acc[j][1] = acc[j][2] = acc[j][3] = 0.f;
-  }
-#pragma unroll kUnroll
-  for (int s = 0; s < S; ++s) {
-#pragma unroll
-    for (int j = 0; j < kUnits; ++j) {
-      if (tid + j * kThreads >= units) continue;
-      const float f = w[s * GP + head[j]];
-      const float4 x = __ldcg(reinterpret_cast<const float4*>(src[j] + s * split_stride));
-      acc[j][0] += f * x.x;
-      acc[j][1] += f * x.y;
-      acc[j][2] += f * x.z;
-      acc[j][3] += f * x.w;
-    }
+  for (int r = 0; r < kRows; ++r) {
+    const float4 v = rows_sum[r][col];
+    o[0] += v.x;
+    o[1] += v.y;
+    o[2] += v.z;
+    o[3] += v.w;
   }
 #pragma unroll
-  for (int j = 0; j < kUnits; ++j) {
-    const int u = tid + j * kThreads;
-    if (u >= units) continue;
-    const float k = inv[head[j]];
-#pragma unroll
-    for (int e = 0; e < 4; ++e) acc[j][e] *= k;
-    T* out = static_cast<T*>(p.out) + (static_cast<int64_t>(b) * p.num_heads + head0 + head[j]) * D + u % (D / 4) * 4;
-    store_vec<4, true>(out, pack<T>(acc[j]));
-  }
+  for (int e = 0; e < 4; ++e) o[e] *= inv;
+  T* out = static_cast<T*>(p.out) + (static_cast<int64_t>(b) * p.num_heads + h) * D + col * 4;
+  store_vec<4, true>(out, pack<T>(o));
+  if (col == 0) p.lse[static_cast<int64_t>(b) * p.num_heads + h] = nan ? nanf : (mx + __log2f(sum)) * kLn2;
 }
 
 template <typename T, int D, int GP>
@@ -224,6 +210,9 @@ __global__ void __launch_bounds__(Tiling<D>::kThreads, 4)
   // Every input may have been written by the kernel before this one: nothing is read before it
   // has finished (pdl.cuh; the launch itself overlaps its tail).
   wait_for_producer();
+  // A split launch (one wave, by paged_decode_splits) is followed by its merge: its CTAs may take
+  // their places now and wait there. Unsplit launches may span waves and start nothing early.
+  if (p.splits > 1) let_dependents_start();
   // This CTA's tokens [start, end) of the attended range [lo, len).
   const int len = p.seq_lens[b];
   bool bad = len < 1 || static_cast<int64_t>(len) > static_cast<int64_t>(p.max_pages) * ps;
@@ -337,7 +326,6 @@ __global__ void __launch_bounds__(Tiling<D>::kThreads, 4)
       write_out(g, d0, o);
       if (d0 == 0) write_lse(g, fill);
     }
-    if (!direct) merge_if_last<T, D, GP, kThreads>(p, b, head0, nh, smem);
     return;
   }
 
@@ -478,7 +466,6 @@ __global__ void __launch_bounds__(Tiling<D>::kThreads, 4)
     write_out(g, d0, ov);
     if (d0 == 0) write_lse(g, mx + __log2f(sum));
   }
-  if (!direct) merge_if_last<T, D, GP, kThreads>(p, b, head0, nh, smem);
 }
 
 // Query heads per CTA: the group, padded to 1, 2, 4 or 8; larger groups take ceil(group / 8) CTAs.
@@ -489,8 +476,11 @@ int group_pad(int group) { return group > 4 ? 8 : group > 2 ? 4 : group; }
 template <typename T, int D, int GP>
 cudaError_t launch_kernel(const DecodeParams& p, int64_t batch, cudaStream_t stream) {
   const dim3 grid(static_cast<unsigned>(batch), p.num_kv_heads * p.head_chunks, p.splits);
-  return launch_overlapping_producer(paged_decode_kernel<T, D, GP>, grid, dim3(Tiling<D>::kThreads),
-                                     Tiling<D>::kSmemBytes, stream, p);
+  cudaError_t e = launch_overlapping_producer(paged_decode_kernel<T, D, GP>, grid, dim3(Tiling<D>::kThreads),
+                                              Tiling<D>::kSmemBytes, stream, p);
+  if (e != cudaSuccess || p.splits == 1) return e;
+  const dim3 merge_grid(static_cast<unsigned>(batch), p.num_heads);
+  return launch_overlapping_producer(merge_splits_kernel<T, D>, merge_grid, dim3(kMergeThreads), 0, stream, p);
 }
 
 template <typename T, int D>
@@ -580,9 +570,6 @@ cudaError_t launch_paged_decode(void* out, float* lse, float* part_out, float* p
   p.lse = lse;
   p.part_out = part_out;
   p.part_lse = part_lse;
-  // The split CTAs' counters: the last row [batch, num_heads] of part_lse (int32, zeroed by the
-  // caller once; each launch leaves them zero).
-  p.counters = splits > 1 ? reinterpret_cast<int*>(part_lse + shape.batch * splits * shape.num_heads) : nullptr;
   p.q = q;
   p.k_cache = k_cache;
   p.v_cache = v_cache;
