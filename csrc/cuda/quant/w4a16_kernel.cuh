@@ -126,6 +126,14 @@ __device__ __forceinline__ void cp_async_4(void* dst, const void* src, int bytes
   asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(d), "l"(src), "r"(bytes) : "memory");
 }
 
+// (x & mask) | bits as one LOP3: written in C++ with immediate constants, the compiler emits an
+// AND and an OR (a LOP3 takes one immediate), two instructions per weight pair.
+__device__ __forceinline__ uint32_t and_or(uint32_t x, uint32_t mask, uint32_t bits) {
+  uint32_t r;
+  asm("lop3.b32 %0, %1, %2, %3, 0xEA;" : "=r"(r) : "r"(x), "r"(mask), "r"(bits));
+  return r;
+}
+
 // cp.async.wait_group takes an immediate; the ring depth is chosen at launch.
 __device__ __forceinline__ void cp_async_wait_pending(int n) {
   switch (n) {
@@ -162,16 +170,20 @@ __global__ void __launch_bounds__(C::kThreads, 1) w4a16_gemm_kernel(const Params
   // Copies the bytes of a stage's group parameters, row by row, as 4-byte words from the one
   // holding the row's first byte; bytes past the row's last group of the stage (past N or the
   // groups) are not read, and read as zero.
+  // Offsets inside a row are 32-bit (a row of parameters is at most K / 32 x 4 bytes).
   auto issue_params = [&](const void* base, int bytes, int words, int lane_shift, int g0, int gcount, char* dst) {
     const int w = tid & ((1 << lane_shift) - 1);
     if (w >= words) return;
     const uintptr_t aligned_base = reinterpret_cast<uintptr_t>(base) & ~uintptr_t{3};
+    const int row_bytes = p.groups * bytes;
     for (int row = tid >> lane_shift; row < kRows; row += kThreads >> lane_shift) {
       const int n = n0 + row;
-      const uintptr_t b0 = reinterpret_cast<uintptr_t>(base) + (static_cast<int64_t>(n) * p.groups + g0) * bytes;
-      const uintptr_t src = (b0 & ~uintptr_t{3}) + 4 * w;
-      const int64_t left = n < p.n ? static_cast<int64_t>(b0 + gcount * bytes) - static_cast<int64_t>(src) : 0;
-      const int take = static_cast<int>(min(int64_t{4}, max(int64_t{0}, left)));
+      const uintptr_t row_start = reinterpret_cast<uintptr_t>(base) + static_cast<uintptr_t>(n) * row_bytes;
+      // The stage's first byte, counted from the 4-aligned word holding the row's first byte.
+      const int first = static_cast<int>(row_start & 3) + g0 * bytes;
+      const int word = (first >> 2) + w;
+      const int take = n < p.n ? min(4, max(0, first + gcount * bytes - 4 * word)) : 0;
+      const uintptr_t src = (row_start & ~uintptr_t{3}) + 4 * static_cast<uintptr_t>(word);
       cp_async_4(dst + (row * words + w) * 4, reinterpret_cast<const void*>(take > 0 ? src : aligned_base), take);
     }
   };
@@ -323,7 +335,7 @@ __global__ void __launch_bounds__(C::kThreads, 1) w4a16_gemm_kernel(const Params
 #pragma unroll
         for (int h = 0; h < 2; ++h)
 #pragma unroll
-          for (int e = 0; e < 4; ++e) q[h][e] = ((w[t][h][i] >> (4 * e)) & 0x000F000Fu) | Magic<T>::kPair;
+          for (int e = 0; e < 4; ++e) q[h][e] = and_or(w[t][h][i] >> (4 * e), 0x000F000Fu, Magic<T>::kPair);
 #pragma unroll
         for (int s = 0; s < 2; ++s) {
           const uint32_t frag[4] = {q[0][2 * s], q[1][2 * s], q[0][2 * s + 1], q[1][2 * s + 1]};
