@@ -195,26 +195,28 @@ __global__ void __launch_bounds__(C::kThreads, 1) w4a16_gemm_kernel(const Params
   // kUnits), so only k moves.
   constexpr int kIssue = kRows * kUnits / kThreads;
   static_assert(kRows * kUnits % kThreads == 0 && kThreads % kUnits == 0, "whole units per thread");
+  // The sources are byte pointers at the CTA's first stage, moved by a 32-bit offset per stage
+  // (this issue code runs once per stage and thread: index arithmetic here was ~20 instructions a
+  // copy). A copy that is not made (past N or K) keeps its address: zero bytes are read from it.
   const int unit = tid % kUnits;
-  const int32_t* wsrc[kIssue];
+  const char* wsrc[kIssue];
   int wdst[kIssue];
   bool wrow[kIssue];
 #pragma unroll
   for (int i = 0; i < kIssue; ++i) {
     const int row = (tid + i * kThreads) / kUnits, n = n0 + row;
     wrow[i] = n < p.n;
-    wsrc[i] = p.qweight + static_cast<int64_t>(wrow[i] ? n : 0) * p.words + unit * 4;
+    wsrc[i] = reinterpret_cast<const char*>(p.qweight + static_cast<int64_t>(wrow[i] ? n : 0) * p.words) +
+              unit * 16 + static_cast<int64_t>(first) * kRowBytes;
     wdst[i] = row * kRowBytes + ((unit ^ (row & 7)) * 16);
   }
   auto issue = [&](int j, int slot) {
     const int k0 = (first + j) * kStageK;
     char* wdst_stage = weight_ring + slot * C::kWeightBytes;
     const bool k_ok = k0 + unit * 32 < p.k;
+    const int w_off = j * kRowBytes;
 #pragma unroll
-    for (int i = 0; i < kIssue; ++i) {
-      const bool ok = wrow[i] && k_ok;
-      cp_async_16(wdst_stage + wdst[i], ok ? wsrc[i] + k0 / 8 : p.qweight, ok);
-    }
+    for (int i = 0; i < kIssue; ++i) cp_async_16(wdst_stage + wdst[i], wsrc[i] + w_off, wrow[i] && k_ok);
     char* adst = a_ring + slot * p.a_stage_bytes;
     const T* a = static_cast<const T*>(p.a);
     for (int q = tid; q < p.m * (kStageK / 8); q += kThreads) {
