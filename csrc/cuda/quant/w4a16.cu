@@ -39,11 +39,10 @@ int plan(w4a16::Params& prm, const DeviceFacts& dev, size_t& smem) {
   prm.param_raw_bytes = round_up(C::kRows * (prm.s_words + prm.x_words) * 4, 16);
   const size_t part = static_cast<size_t>(C::WK) * prm.m * C::kPartStride * sizeof(float);
   const size_t stage = static_cast<size_t>(C::kWeightBytes) + prm.a_stage_bytes + prm.param_raw_bytes;
-  const size_t terms = static_cast<size_t>(C::kRows) * gps * 8;
-  const int depth = std::min({static_cast<int>((static_cast<size_t>(dev.smem) - terms) / stage),
+  const int depth = std::min({static_cast<int>(static_cast<size_t>(dev.smem) / stage),
                               static_cast<int>(w4a16::kMaxStages), prm.stages_per_cta + 1});
   prm.pipeline = depth;
-  smem = std::max(part, depth * stage + terms);
+  smem = std::max(part, depth * stage);
   return smem <= static_cast<size_t>(dev.smem) ? depth : 0;
 }
 

@@ -29,8 +29,11 @@
 // Work split: WN x WK warps; warp (wn, wk) takes tiles wn TW .. of 16 channels and chunk wk of
 // every stage; the WK partial sums are added in shared memory at the end. When channel blocks are
 // too few to fill the GPU, a cluster of `splits` CTAs (sm_90) divides K and sums through
-// distributed shared memory: no workspace, no second launch. The per-group terms (s, and the
-// coefficient of A) are computed once per stage by the whole CTA into shared memory.
+// distributed shared memory: no workspace, no second launch. Each warp converts the per-group
+// terms (s, and the coefficient of A) of its own rows when a group ends, one row per lane, and
+// hands them to the fragments' rows by shuffles: one barrier per stage. (Converted once per stage
+// by the whole CTA into a shared table, they cost a second barrier and ~65 instructions per warp
+// and stage, about as many as the shuffles and the lanes' own conversions.)
 #pragma once
 #include <cooperative_groups.h>
 #include <cuda_bf16.h>
@@ -64,8 +67,6 @@ struct Config {
   static constexpr int kUnits = kRowBytes / 16;     // 16-byte units of a weight row per stage
   static constexpr int kWeightBytes = kRows * kRowBytes;
   static constexpr int kPartStride = kRows + 4;     // floats per token of a warp's sums (no conflicts)
-  // The most group parameters a thread converts per stage (group size 32).
-  static constexpr int kParamsPerThread = (kRows * (kStageK / 32) + kThreads - 1) / kThreads;
   static_assert(kUnits >= 8, "the 8-way swizzle needs 8 units per row");
 };
 
@@ -155,7 +156,6 @@ __global__ void __launch_bounds__(C::kThreads, 1) w4a16_gemm_kernel(const Params
   char* weight_ring = smem;
   char* a_ring = weight_ring + p.pipeline * C::kWeightBytes;
   char* param_ring = a_ring + p.pipeline * p.a_stage_bytes;
-  float2* terms = reinterpret_cast<float2*>(param_ring + p.pipeline * p.param_raw_bytes);  // [group][row]
 
   const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
   const int g = lane / 4, c = lane % 4;
@@ -165,7 +165,6 @@ __global__ void __launch_bounds__(C::kThreads, 1) w4a16_gemm_kernel(const Params
   const int first = rank * p.stages_per_cta;
   const int count = max(0, min(p.stages, first + p.stages_per_cta) - first);
   const int gps = 1 << p.gps_shift;  // groups per stage
-  const int param_entries = kRows << p.gps_shift;
 
   // Copies the bytes of a stage's group parameters, row by row, as 4-byte words from the one
   // holding the row's first byte; bytes past the row's last group of the stage (past N or the
@@ -239,35 +238,26 @@ __global__ void __launch_bounds__(C::kThreads, 1) w4a16_gemm_kernel(const Params
     const uint32_t v = word >> (8 * (at & 3));
     return bytes == 4 ? v : v & ((1u << (8 * bytes)) - 1);
   };
-  // Stage j's group terms (s, m - s (magic + z)) into `terms`, [group][row], from ring slot `slot`.
-  // Zero bytes (past N or K) give (0, 0).
-  auto convert_params = [&](int j, int slot) {
+  // The group terms (s, m - s (magic + z)) of row `row` (CTA-local), group `grp` of stage j, from
+  // ring slot `slot`. Zero bytes (past N or K) give (0, 0).
+  const uint32_t s_base = static_cast<uint32_t>(reinterpret_cast<uintptr_t>(p.scales));
+  const uint32_t x_base = static_cast<uint32_t>(reinterpret_cast<uintptr_t>(p.extra));
+  const bool zero_points = p.mode == static_cast<int>(W4A16Mode::kZeroPoints);
+  const bool mins = p.mode == static_cast<int>(W4A16Mode::kMins);
+  auto group_terms = [&](int j, int slot, int row, int grp) {
     const char* raw = param_ring + slot * p.param_raw_bytes;
-    const int g0 = (first + j) * gps;
-    const uint32_t s_base = static_cast<uint32_t>(reinterpret_cast<uintptr_t>(p.scales));
-    const uint32_t x_base = static_cast<uint32_t>(reinterpret_cast<uintptr_t>(p.extra));
-#pragma unroll
-    for (int i = 0; i < C::kParamsPerThread; ++i) {
-      const int e = tid + i * kThreads;
-      if (e < param_entries) {
-        const int row = e >> p.gps_shift, grp = e & (gps - 1);
-        // Only the low two bits matter: wrapping is harmless.
-        const uint32_t first_group = static_cast<uint32_t>(n0 + row) * static_cast<uint32_t>(p.groups) + g0;
-        const int s_at = static_cast<int>((s_base + first_group * p.scale_bytes) & 3) + grp * p.scale_bytes;
-        const uint32_t sb = raw_param(raw + row * p.s_words * 4, s_at, p.scale_bytes);
-        uint32_t xb = 0;
-        if (p.extra_bytes) {
-          const int x_at = static_cast<int>((x_base + first_group * p.extra_bytes) & 3) + grp * p.extra_bytes;
-          xb = raw_param(raw + (kRows * p.s_words + row * p.x_words) * 4, x_at, p.extra_bytes);
-        }
-        const float s = param_float(sb, p.scale_dtype);
-        const bool zp = p.mode == static_cast<int>(W4A16Mode::kZeroPoints);
-        const bool mins = p.mode == static_cast<int>(W4A16Mode::kMins);
-        const float z = zp ? static_cast<float>(xb) : mins ? 0.f : 8.f;
-        const float m = mins ? param_float(xb, p.scale_dtype) : 0.f;
-        terms[grp * kRows + row] = make_float2(s, fmaf(-s, Magic<T>::kValue + z, m));
-      }
+    // Only the low two bits matter: wrapping is harmless.
+    const uint32_t first_group = static_cast<uint32_t>(n0 + row) * static_cast<uint32_t>(p.groups) + (first + j) * gps;
+    const int s_at = static_cast<int>((s_base + first_group * p.scale_bytes) & 3) + grp * p.scale_bytes;
+    const float s = param_float(raw_param(raw + row * p.s_words * 4, s_at, p.scale_bytes), p.scale_dtype);
+    uint32_t xb = 0;
+    if (p.extra_bytes) {
+      const int x_at = static_cast<int>((x_base + first_group * p.extra_bytes) & 3) + grp * p.extra_bytes;
+      xb = raw_param(raw + (kRows * p.s_words + row * p.x_words) * 4, x_at, p.extra_bytes);
     }
+    const float z = zero_points ? static_cast<float>(xb) : mins ? 0.f : 8.f;
+    const float m = mins ? param_float(xb, p.scale_dtype) : 0.f;
+    return make_float2(s, fmaf(-s, Magic<T>::kValue + z, m));
   };
 
   float acc[TW][MT][4];
@@ -346,11 +336,19 @@ __global__ void __launch_bounds__(C::kThreads, 1) w4a16_gemm_kernel(const Params
         }
       }
       if (((i + 1) & group_mask) == 0) {  // the group ends: fold in its scale terms
+        // Lane l converts the terms of the warp's rows l, l + 32, ...; the fragments' rows g and
+        // g + 8 of each tile get theirs by shuffles (no shared table, no barrier to publish it).
         const int grp = (wk * kChunk + 32 * i) >> p.group_shift;
+        float2 mine[(TW + 1) / 2];
+#pragma unroll
+        for (int h = 0; h < (TW + 1) / 2; ++h) mine[h] = group_terms(j, slot, wn * TW * 16 + h * 32 + lane, grp);
 #pragma unroll
         for (int t = 0; t < TW; ++t) {
-          const int row = (wn * TW + t) * 16 + g;
-          const float2 lo = terms[grp * kRows + row], hi = terms[grp * kRows + row + 8];
+          const int from = (t % 2) * 16 + g;
+          const float2 lo = make_float2(__shfl_sync(0xffffffffu, mine[t / 2].x, from),
+                                        __shfl_sync(0xffffffffu, mine[t / 2].y, from));
+          const float2 hi = make_float2(__shfl_sync(0xffffffffu, mine[t / 2].x, from + 8),
+                                        __shfl_sync(0xffffffffu, mine[t / 2].y, from + 8));
 #pragma unroll
           for (int mt = 0; mt < MT; ++mt) {
             // d0, d1: row g, tokens 2c, 2c + 1; d2, d3: row g + 8. A's rows are all alike.
@@ -370,9 +368,8 @@ __global__ void __launch_bounds__(C::kThreads, 1) w4a16_gemm_kernel(const Params
     }
   };
 
-  // The ring: stages j + 1 .. j + pipeline - 1 in flight while stage j is computed. The first
-  // barrier frees the slot that the next copy overwrites and the terms of stage j - 1; the second
-  // publishes stage j's terms.
+  // The ring: stages j + 1 .. j + pipeline - 1 in flight while stage j is computed. The barrier
+  // publishes stage j's copies and frees the slot of stage j - 1, which the next copy overwrites.
 #pragma unroll 1
   for (int j = 0; j < p.pipeline - 1; ++j) {
     if (j < count) issue(j, j);
@@ -385,8 +382,6 @@ __global__ void __launch_bounds__(C::kThreads, 1) w4a16_gemm_kernel(const Params
     __syncthreads();
     if (j + p.pipeline - 1 < count) issue(j + p.pipeline - 1, slot == 0 ? p.pipeline - 1 : slot - 1);
     cp_async_commit();
-    convert_params(j, slot);
-    __syncthreads();
     compute(j, slot);
     slot = slot + 1 == p.pipeline ? 0 : slot + 1;
   }
