@@ -194,28 +194,27 @@ __global__ void __launch_bounds__(C::kThreads, 1) w4a16_gemm_kernel(const Params
   // kUnits), so only k moves.
   constexpr int kIssue = kRows * kUnits / kThreads;
   static_assert(kRows * kUnits % kThreads == 0 && kThreads % kUnits == 0, "whole units per thread");
-  // The sources are byte pointers at the CTA's first stage, moved by a 32-bit offset per stage
-  // (this issue code runs once per stage and thread: index arithmetic here was ~20 instructions a
-  // copy). A copy that is not made (past N or K) keeps its address: zero bytes are read from it.
-  const int unit = tid % kUnits;
-  const char* wsrc[kIssue];
-  int wdst[kIssue];
-  bool wrow[kIssue];
-#pragma unroll
-  for (int i = 0; i < kIssue; ++i) {
-    const int row = (tid + i * kThreads) / kUnits, n = n0 + row;
-    wrow[i] = n < p.n;
-    wsrc[i] = reinterpret_cast<const char*>(p.qweight + static_cast<int64_t>(wrow[i] ? n : 0) * p.words) +
-              unit * 16 + static_cast<int64_t>(first) * kRowBytes;
-    wdst[i] = row * kRowBytes + ((unit ^ (row & 7)) * 16);
-  }
+  // Copy i of a thread takes row r0 + 16 i (16 = kThreads / kUnits in every tiling: the same
+  // swizzle in every pass), so its source and destination are the first copy's plus fixed strides,
+  // and a stage moves the source by kRowBytes: a few instructions a copy (index arithmetic per copy
+  // was ~20, and this code runs for every stage and thread). A copy that is not made (past N or K)
+  // keeps its address: zero bytes are read from it.
+  constexpr int kRowsPerPass = kThreads / kUnits;
+  static_assert(kRowsPerPass % 8 == 0, "every pass must keep the row's swizzle");
+  const int unit = tid % kUnits, r0 = tid / kUnits;
+  const char* wsrc = reinterpret_cast<const char*>(p.qweight) + static_cast<int64_t>(n0 + r0) * p.words * 4 +
+                     unit * 16 + static_cast<int64_t>(first) * kRowBytes;
+  const int64_t wsrc_stride = static_cast<int64_t>(kRowsPerPass) * p.words * 4;
+  const int wdst = r0 * kRowBytes + ((unit ^ (r0 & 7)) * 16);
+  const int wrows = min(kIssue, max(0, (p.n - n0 - r0 + kRowsPerPass - 1) / kRowsPerPass));  // copies inside N
   auto issue = [&](int j, int slot) {
     const int k0 = (first + j) * kStageK;
-    char* wdst_stage = weight_ring + slot * C::kWeightBytes;
+    char* wdst_stage = weight_ring + slot * C::kWeightBytes + wdst;
+    const char* src = wsrc + j * kRowBytes;
     const bool k_ok = k0 + unit * 32 < p.k;
-    const int w_off = j * kRowBytes;
 #pragma unroll
-    for (int i = 0; i < kIssue; ++i) cp_async_16(wdst_stage + wdst[i], wsrc[i] + w_off, wrow[i] && k_ok);
+    for (int i = 0; i < kIssue; ++i)
+      cp_async_16(wdst_stage + i * kRowsPerPass * kRowBytes, src + i * wsrc_stride, k_ok && i < wrows);
     char* adst = a_ring + slot * p.a_stage_bytes;
     const T* a = static_cast<const T*>(p.a);
     for (int q = tid; q < p.m * (kStageK / 8); q += kThreads) {
