@@ -213,21 +213,19 @@ __global__ void __launch_bounds__(Tiling<D>::kThreads, 4)
   // A split launch (one wave, by paged_decode_splits) is followed by its merge: its CTAs may take
   // their places now and wait there. Unsplit launches may span waves and start nothing early.
   if (p.splits > 1) let_dependents_start();
-  // This CTA's tokens [start, end) of the attended range [lo, len).
+  // This CTA's tokens [start, end) of the attended range [lo, len). Split 0 without a window
+  // starts at token 0 whatever the length: its first tiles' page-table entries are read below
+  // alongside the length, not after it (one dependent round trip less before the first K / V).
+  const bool start_known = split == 0 && p.window <= 0;
+  const int max_tokens = p.max_pages * ps;
   const int len = p.seq_lens[b];
-  bool bad = len < 1 || static_cast<int64_t>(len) > static_cast<int64_t>(p.max_pages) * ps;
+  const bool bad_len = len < 1 || static_cast<int64_t>(len) > max_tokens;
   int start = 0, end = 0;
-  if (!bad) {
+  if (!bad_len) {
     const int lo = p.window > 0 ? max(0, len - p.window) : 0;
     const int per_split = ((len - lo + p.splits - 1) / p.splits + kTile - 1) / kTile * kTile;
     start = min(len, lo + split * per_split);
     end = min(len, start + per_split);
-    const int first_page = (split == 0 ? 0 : start) / ps;
-    const int end_page = end > start ? (end - 1) / ps + 1 : first_page;
-    for (int i = first_page + tid; i < end_page; i += kThreads) {
-      const int page = pt[i];
-      bad |= page < 0 || page >= p.num_pages;
-    }
   }
   // Loads: this thread's chunk c of rows tid / kLpt + k * kRowsPerPass of each tile.
   const T* kc = static_cast<const T*>(p.k_cache);
@@ -244,22 +242,27 @@ __global__ void __launch_bounds__(Tiling<D>::kThreads, 4)
     int64_t in_page[Tl::kLoadsPerThread];
   };
   const int64_t page_stride = token_stride * ps;
-  auto fetch_pages = [&](int tile, Rows& rows) {
+  // Entries of tokens from `limit` on are not read (0); the tiles past the range have none before
+  // it (n_tiles covers [start, end)).
+  auto fetch_pages = [&](int tile, Rows& rows, int limit) {
 #pragma unroll
     for (int k = 0; k < Tl::kLoadsPerThread; ++k) {
       const int token = start + tile * kTile + load_row + k * Tl::kRowsPerPass;
       const int logical = p.page_div.div(token);
       rows.in_page[k] = (token - logical * ps) * token_stride + head_off;
-      rows.page[k] = tile < n_tiles && token < end ? pt[logical] : 0;
+      rows.page[k] = token < limit ? pt[logical] : 0;
     }
   };
-  auto issue = [&](int tile, const Rows& rows) {
+  // check_pages: the tile goes out before the page check has settled (the first kAhead tiles), so
+  // a page outside the cache is skipped here (the CTA then writes NaN).
+  auto issue = [&](int tile, const Rows& rows, bool check_pages) {
     if (tile < n_tiles) {
       char* ks = smem + (tile % kStages) * Tl::kStageBytes;
 #pragma unroll
       for (int k = 0; k < Tl::kLoadsPerThread; ++k) {
         const int row = load_row + k * Tl::kRowsPerPass;
-        const bool valid = start + tile * kTile + row < end;
+        const bool valid = start + tile * kTile + row < end &&
+                           (!check_pages || (rows.page[k] >= 0 && rows.page[k] < p.num_pages));
         const int64_t off = valid ? rows.page[k] * page_stride + rows.in_page[k] : 0;
         const int dst = swz<D>(row, c);
         cp_async_16(ks + dst, kc + off, valid);
@@ -269,12 +272,23 @@ __global__ void __launch_bounds__(Tiling<D>::kThreads, 4)
     cp_async_commit();  // possibly empty: keeps one group per tile for the waits
   };
 
-  // Everything that reads no K / V goes out before the barrier that settles `bad`, so that its
-  // latency overlaps the page check's instead of following it: the page-table entries of the
-  // first kAhead tiles (inside the table whatever the pages hold; a bad CTA has no tiles), and q.
+  // The page-table entries of the first kAhead tiles (inside the table whatever the pages hold;
+  // a bad CTA has no tiles), then the page check: every page of the CTA's range (split 0 also
+  // the pages before a window) must lie in the cache. Its verdict is only needed at the end,
+  // so nothing waits for it here: the first tiles skip a bad page, and the main loop's first
+  // barrier settles it before any later tile goes out.
   Rows first_rows[kAhead];
 #pragma unroll
-  for (int t = 0; t < kAhead; ++t) fetch_pages(t, first_rows[t]);
+  for (int t = 0; t < kAhead; ++t) fetch_pages(t, first_rows[t], start_known ? max_tokens : end);
+  bool bad_page = false;
+  {
+    const int first_page = (split == 0 ? 0 : start) / ps;
+    const int end_page = end > start ? (end - 1) / ps + 1 : first_page;
+    for (int i = first_page + tid; i < end_page; i += kThreads) {
+      const int page = pt[i];
+      bad_page |= page < 0 || page >= p.num_pages;
+    }
+  }
   // The group's q as mma A fragments (rows = heads, padded to 16 with zeros; raw, unscaled):
   // qa[k][0] = q[qr][16k + 2qc, +1], qa[k][1] = q[qr][16k + 8 + 2qc, +1].
   // Head_dim 256 re-reads them (L1) every tile instead: registers.
@@ -290,7 +304,6 @@ __global__ void __launch_bounds__(Tiling<D>::kThreads, 4)
       qa[k][1] = has_q ? qg[k * 8 + 4 + qc] : 0u;
     }
   }
-  bad = __syncthreads_or(bad);
 
   // Result writers. Direct: out (T) and lse (natural log). Split: float32 partials, lse in log2.
   const bool direct = p.splits == 1;
@@ -313,9 +326,9 @@ __global__ void __launch_bounds__(Tiling<D>::kThreads, 4)
       reinterpret_cast<float4*>(out)[1] = make_float4(o[4], o[5], o[6], o[7]);
     }
   };
-  if (bad || start >= end) {
-    // NaN for bad input; an empty split (splits > 1 only) has lse -inf and out 0 (its merge
-    // weight is 0).
+  // NaN for bad input; an empty split (splits > 1 only) has lse -inf and out 0 (its merge
+  // weight is 0).
+  auto write_fill = [&](bool bad) {
     const float fill = bad ? __int_as_float(0x7fc00000) : -INFINITY;
     for (int u = tid; u < nh * (D / 8); u += kThreads) {
       const int g = u / (D / 8);
@@ -326,6 +339,9 @@ __global__ void __launch_bounds__(Tiling<D>::kThreads, 4)
       write_out(g, d0, o);
       if (d0 == 0) write_lse(g, fill);
     }
+  };
+  if (bad_len || start >= end) {  // the same in every thread
+    write_fill(bad_len || __syncthreads_or(bad_page));
     return;
   }
 
@@ -337,7 +353,8 @@ __global__ void __launch_bounds__(Tiling<D>::kThreads, 4)
   for (int n = 0; n < D / 8; ++n) o[n][0] = o[n][1] = 0.f;
 
 #pragma unroll
-  for (int t = 0; t < kAhead; ++t) issue(t, first_rows[t]);
+  for (int t = 0; t < kAhead; ++t) issue(t, first_rows[t], true);
+  bool pages_bad = false;  // the page check's verdict, the same in every thread
   const int t0 = warp * 16;  // the warp's 16 tokens of each tile
   // ldmatrix row addresses: lane / 8 picks the 8x8 matrix, lane % 8 its row.
   const int mi = lane / 8;
@@ -355,9 +372,16 @@ __global__ void __launch_bounds__(Tiling<D>::kThreads, 4)
     // it, registers).
     constexpr bool kPrefetch = Tl::kLoadsPerThread <= 8;
     Rows rows;
-    if constexpr (kPrefetch) fetch_pages(tile + kAhead, rows);
+    if constexpr (kPrefetch) fetch_pages(tile + kAhead, rows, end);
     cp_async_wait<kAhead - 1>();  // this tile's group has landed (later ones may still fly)
-    __syncthreads();     // ... for every thread; and the stage of tile - 1 is free again
+    // ... for every thread; and the stage of tile - 1 is free again. The first also settles the
+    // page check.
+    if (tile == 0) {
+      pages_bad = __syncthreads_or(bad_page);
+      if (pages_bad) break;
+    } else {
+      __syncthreads();
+    }
 
     const char* ks = smem + (tile % kStages) * Tl::kStageBytes;
     const char* vs = ks + Tl::kHalfBytes;
@@ -422,13 +446,17 @@ __global__ void __launch_bounds__(Tiling<D>::kThreads, 4)
       mma_top<T>(o[2 * n][0], o[2 * n][1], pa0, pa1, vb[0], vb[1]);
       mma_top<T>(o[2 * n + 1][0], o[2 * n + 1][1], pa0, pa1, vb[2], vb[3]);
     }
-    if constexpr (!kPrefetch) fetch_pages(tile + kAhead, rows);
-    issue(tile + kAhead, rows);
+    if constexpr (!kPrefetch) fetch_pages(tile + kAhead, rows, end);
+    issue(tile + kAhead, rows, false);
   }
   cp_async_wait<0>();
   l += __shfl_xor_sync(0xffffffffu, l, 1);
   l += __shfl_xor_sync(0xffffffffu, l, 2);
 
+  if (pages_bad) {
+    write_fill(true);
+    return;
+  }
   // Merge the warps through shared memory (the pipeline's stages are free now).
   __syncthreads();
   float* red_acc = reinterpret_cast<float*>(smem);         // [kWarps][GP][D]
