@@ -93,7 +93,7 @@ __device__ __forceinline__ float tanh_fast(float x) { return 1.f - 2.f / (__expf
 
 // The split partials of one (sequence, query head) merged by one CTA (launched after the decode
 // kernel, overlapping its tail). Its threads form rows of D / 4 lanes, a float4 of the head each;
-// row r takes splits r, r + kMergeRows, ...: a split's weight is exp2(lse - max) / sum. The first
+// row r takes splits r, r + kRows, ...: a split's weight is exp2(lse - max) / sum. The first
 // batch of partials is loaded before the weights are known, so the two loads' latencies overlap.
 // Splits with lse -inf are empty (out 0, weight 0); a NaN lse (bad input) makes the result NaN.
 constexpr int kMergeThreads = 128;
