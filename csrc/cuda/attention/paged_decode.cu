@@ -236,12 +236,23 @@ __global__ void __launch_bounds__(Tiling<D>::kThreads, 4)
   const int n_tiles = (end - start + kTile - 1) / kTile;
 
   // A tile's rows for this thread: their pages (loaded a tile ahead) and, found by the same
-  // division, their element offsets inside a page (head and chunk included).
+  // division, their element offsets inside a page (head and chunk included). Head_dim 256 has
+  // 16 rows a thread: it keeps only the pages and divides again when it issues (registers).
+  constexpr bool kKeepOffsets = Tl::kLoadsPerThread <= 8;
   struct Rows {
     int page[Tl::kLoadsPerThread];
-    int64_t in_page[Tl::kLoadsPerThread];
+    int64_t in_page[kKeepOffsets ? Tl::kLoadsPerThread : 1];
   };
   const int64_t page_stride = token_stride * ps;
+  // A call, not a local variable in `issue`: that form changed the head_dim 128 kernel's code
+  // and cost it 1% at 64 x 192.
+  auto offset_in_page = [&](const Rows& rows, int k, int token) -> int64_t {
+    if constexpr (kKeepOffsets) {
+      return rows.in_page[k];
+    } else {
+      return (token - p.page_div.div(token) * ps) * token_stride + head_off;
+    }
+  };
   // Entries of tokens from `limit` on are not read (0); the tiles past the range have none before
   // it (n_tiles covers [start, end)).
   auto fetch_pages = [&](int tile, Rows& rows, int limit) {
@@ -249,7 +260,7 @@ __global__ void __launch_bounds__(Tiling<D>::kThreads, 4)
     for (int k = 0; k < Tl::kLoadsPerThread; ++k) {
       const int token = start + tile * kTile + load_row + k * Tl::kRowsPerPass;
       const int logical = p.page_div.div(token);
-      rows.in_page[k] = (token - logical * ps) * token_stride + head_off;
+      if constexpr (kKeepOffsets) rows.in_page[k] = (token - logical * ps) * token_stride + head_off;
       rows.page[k] = token < limit ? pt[logical] : 0;
     }
   };
@@ -263,7 +274,8 @@ __global__ void __launch_bounds__(Tiling<D>::kThreads, 4)
         const int row = load_row + k * Tl::kRowsPerPass;
         const bool valid = start + tile * kTile + row < end &&
                            (!check_pages || (rows.page[k] >= 0 && rows.page[k] < p.num_pages));
-        const int64_t off = valid ? rows.page[k] * page_stride + rows.in_page[k] : 0;
+        const int64_t off =
+            valid ? rows.page[k] * page_stride + offset_in_page(rows, k, start + tile * kTile + row) : 0;
         const int dst = swz<D>(row, c);
         cp_async_16(ks + dst, kc + off, valid);
         cp_async_16(ks + Tl::kHalfBytes + dst, vc + off, valid);
