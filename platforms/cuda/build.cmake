@@ -13,6 +13,7 @@ target_sources(kernels_C PRIVATE
   "${_kernels_cuda_dir}/attention/kv_cache.cu"
   "${_kernels_cuda_dir}/attention/paged_decode.cu"
   "${_kernels_cuda_dir}/attention/paged_prefill.cu"
+  "${_kernels_cuda_dir}/attention/paged_prefill_sm90.cu"
   "${_kernels_cuda_dir}/norm/rms_norm.cu"
   "${_kernels_cuda_dir}/norm/fused_add_rms_norm.cu"
   "${_kernels_cuda_dir}/quant/fp8_gemm.cu"

@@ -23,18 +23,15 @@
 #include <type_traits>
 
 #include "cuda/attention/paged_attention.h"
+#include "cuda/attention/paged_prefill_common.cuh"
 #include "cuda/common/async_copy.cuh"
-#include "cuda/common/fast_div.cuh"
 #include "cuda/common/launch.cuh"
 #include "cuda/common/mma.cuh"
 
 namespace kernels::cuda {
 namespace {
 
-constexpr float kLog2e = 1.4426950408889634f;
-constexpr float kLn2 = 0.6931471805599453f;
-constexpr float kNoMax = -1e30f;  // finite: exp2(m - m_new) never sees inf - inf
-constexpr int kMaxDevices = 64;
+using namespace prefill;
 
 template <int D>
 struct PrefillTiling {
@@ -58,64 +55,6 @@ __device__ __forceinline__ int swz(int row, int c) {
   return row * (2 * D) + ((c ^ (row & 7)) << 4);
 }
 
-struct PrefillParams {
-  void* out;
-  float* lse;
-  const void* q;
-  const void* k_cache;
-  const void* v_cache;
-  const int32_t* page_table;
-  const int32_t* qo_indptr;
-  const int32_t* kv_lens;
-  int64_t num_pages;
-  FastDiv page_div;  // by page_size
-  int total_q, batch, num_heads, num_kv_heads, page_size, max_pages, window;
-  bool causal;
-  float q_scale;   // scale * log2(e), or scale / soft_cap
-  float cap_log2;  // soft_cap * log2(e), or 0 for no cap
-};
-
-__device__ __forceinline__ float tanh_fast(float x) { return 1.f - 2.f / (__expf(2.f * x) + 1.f); }
-
-// Work item `w` -> (sequence, tile of that sequence), or seq = -1 past the last tile. Warp 0 scans
-// the per-sequence tile counts 32 sequences at a time; the result goes through shared memory.
-template <int kBr>
-__device__ void find_work(const PrefillParams& p, int w, int* slot) {
-  const int lane = threadIdx.x % 32;
-  if (threadIdx.x < 32) {
-    int base = 0, seq = -1, tile = 0;
-    for (int b0 = 0; b0 < p.batch && seq < 0 && base <= w; b0 += 32) {
-      const int b = b0 + lane;
-      int nt = 0;
-      if (b < p.batch) {
-        const int n = p.qo_indptr[b + 1] - p.qo_indptr[b];
-        nt = n > 0 ? (n + kBr - 1) / kBr : 0;
-      }
-      int inc = nt;
-#pragma unroll
-      for (int off = 1; off < 32; off *= 2) {
-        const int y = __shfl_up_sync(0xffffffffu, inc, off);
-        if (lane >= off) inc += y;
-      }
-      const int first = base + inc - nt;
-      const unsigned hit = __ballot_sync(0xffffffffu, w >= first && w < first + nt);
-      if (hit) {
-        const int src = __ffs(hit) - 1;
-        seq = b0 + src;
-        const int f = __shfl_sync(0xffffffffu, first, src);
-        const int n_t = __shfl_sync(0xffffffffu, nt, src);
-        tile = n_t - 1 - (w - f);  // the last tile first
-      }
-      base += __shfl_sync(0xffffffffu, inc, 31);
-    }
-    if (lane == 0) {
-      slot[0] = seq;
-      slot[1] = tile;
-    }
-  }
-  __syncthreads();
-}
-
 template <typename T, int D>
 __global__ void __launch_bounds__(PrefillTiling<D>::kThreads, 2)
     paged_prefill_kernel(const PrefillParams p) {
@@ -127,51 +66,17 @@ __global__ void __launch_bounds__(PrefillTiling<D>::kThreads, 2)
   char* kv_s = smem + Tl::kQBytes;  // stage s: K at s * 2 * kKVBytes, V kKVBytes after it
 
   __shared__ int work[2];
-  find_work<kBr>(p, blockIdx.x, work);
-  const int b = work[0];
-  if (b < 0) return;
-  const int q_tile = work[1];
   const int h = blockIdx.y;
+  QueryTile w;
+  if (!find_query_tile<T, D, kBr, kBc, kThreads>(p, h, work, w)) return;
+  const int q_begin = w.q_begin, q0 = w.q0, rows = w.rows, prefix = w.prefix;
+  const int kv_lo = w.kv_lo, kv_hi = w.kv_hi;
+  const int32_t* pt = w.pt;
   const int kvh = h / (p.num_heads / p.num_kv_heads);
   const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
   const int g = lane / 4, t = lane % 4;  // mma fragment row / column pair
   const int ps = p.page_size;
-
-  const int q_begin = p.qo_indptr[b];
-  const int q_end = p.qo_indptr[b + 1];
-  const int n = q_end - q_begin;
-  const int len = p.kv_lens[b];
-  const int q0 = q_tile * kBr;  // the tile's first query, within the sequence
-  const int rows = min(kBr, n - q0);
-  const int prefix = len - n;  // query j sits at position prefix + j
-  bool bad = q_begin < 0 || q_end > p.total_q || prefix < 0 ||
-             static_cast<int64_t>(len) > static_cast<int64_t>(p.max_pages) * ps;
-  // The keys this tile attends: [kv_lo, kv_hi), whole tiles of kBc from kv_lo's.
-  int kv_lo = 0, kv_hi = 0;
-  const int32_t* pt = p.page_table + static_cast<int64_t>(b) * p.max_pages;
-  if (!bad) {
-    const int pos_first = prefix + q0, pos_last = prefix + q0 + rows - 1;
-    kv_hi = p.causal ? pos_last + 1 : len;
-    kv_lo = p.window > 0 ? max(0, pos_first - p.window + 1) / kBc * kBc : 0;
-    for (int i = kv_lo / ps + tid; i < (kv_hi + ps - 1) / ps; i += kThreads) {
-      const int page = pt[i];
-      bad |= page < 0 || page >= p.num_pages;
-    }
-  }
-  bad = __syncthreads_or(bad);
-
   const int64_t q_row_stride = static_cast<int64_t>(p.num_heads) * D;
-  if (bad) {
-    const float nan = __int_as_float(0x7fc00000);
-    const int r0 = max(0, q_begin + q0), r1 = min(p.total_q, q_begin + q0 + max(rows, 0));
-    for (int r = r0 + tid / kLpt; r < r1; r += kThreads / kLpt) {
-      T* o = static_cast<T*>(p.out) + r * q_row_stride + static_cast<int64_t>(h) * D + tid % kLpt * 8;
-#pragma unroll
-      for (int e = 0; e < 8; ++e) o[e] = static_cast<T>(nan);
-      if (tid % kLpt == 0) p.lse[static_cast<int64_t>(r) * p.num_heads + h] = nan;
-    }
-    return;
-  }
 
   // Loads. Q: rows of this tile (zero past the sequence's queries). K / V: row r of a tile is
   // token tile_start + r; each thread copies chunk tid % kLpt of rows tid / kLpt + i * kRowsPerPass.
@@ -464,6 +369,10 @@ cudaError_t launch_paged_prefill(void* out, float* lse, const void* q, const voi
   p.cap_log2 = soft_cap > 0.f ? soft_cap * kLog2e : 0.f;
   int device = -1;
   if (cudaGetDevice(&device) != cudaSuccess) return cudaGetLastError();
+  if (shape.head_dim <= 128 && (dtype == Dtype::kBFloat16 || dtype == Dtype::kFloat16)) {
+    const cudaError_t sm90 = launch_paged_prefill_sm90(p, shape.head_dim, dtype == Dtype::kBFloat16, device, stream);
+    if (sm90 != cudaErrorNoKernelImageForDevice) return sm90;
+  }
   if (dtype == Dtype::kBFloat16) return launch_dtype<__nv_bfloat16>(p, shape.head_dim, device, stream);
   if (dtype == Dtype::kFloat16) return launch_dtype<__half>(p, shape.head_dim, device, stream);
   return cudaErrorInvalidValue;  // float32 attention is CPU-only

@@ -1,0 +1,301 @@
+// Paged prefill attention on Hopper's warpgroup MMA (sm_90a), head_dim 64 and 128; the launcher
+// in paged_prefill.cu takes it where it exists and the mma.sync kernel everywhere else.
+//
+// One CTA per (query tile of 128 rows, query head), mapped as in paged_prefill.cu (find_query_tile).
+// Two warpgroups own 64 query rows each. K and V tiles of 128 keys stream through two stages by
+// cp.async (each row finds its own page, so any page size works) into 128-byte-swizzled panels of
+// 64 columns, which wgmma reads without ldmatrix: S = Q K^T from shared memory (Q and K both
+// K-major), then O += P V with P straight from the S accumulators in registers (V's rows are keys:
+// an MN-major operand). Online softmax in the exp2 domain, with a lean instance for tiles without
+// masks as in the mma.sync kernel. A warpgroup skips the math of tiles its rows cannot see (past
+// its queries, or wholly after them under the causal mask).
+#include <atomic>
+#include <cmath>
+#include <type_traits>
+
+#include "cuda/attention/paged_prefill_common.cuh"
+#include "cuda/common/async_copy.cuh"
+#include "cuda/common/launch.cuh"
+#include "cuda/common/mma.cuh"
+#include "cuda/common/wgmma.cuh"
+
+namespace kernels::cuda::prefill {
+namespace {
+
+template <int D>
+struct Sm90Tiling {
+  static constexpr int kWarpGroups = 2;
+  static constexpr int kThreads = 128 * kWarpGroups;
+  static constexpr int kBr = 64 * kWarpGroups;  // query rows per CTA
+  static constexpr int kBc = 128;               // keys per tile
+  static constexpr int kChunks = D / 8;         // 16-byte chunks of a row
+  static constexpr int kQBytes = kBr * 2 * D;
+  static constexpr int kKVBytes = kBc * 2 * D;  // K (or V) of one stage
+  static constexpr int kStages = 2;
+  static constexpr int kSmemBytes = 1024 + kQBytes + kStages * 2 * kKVBytes;  // 1024: alignment
+};
+
+// Byte offset of 16-byte chunk c of row r in a tile of kRows rows kept as 64-column panels.
+template <int kRows>
+__device__ __forceinline__ int tile_offset(int r, int c) {
+  return (c / 8) * (kRows * 128) + sw128_offset(r, c % 8);
+}
+
+template <typename T, int D>
+__global__ void __launch_bounds__(Sm90Tiling<D>::kThreads, 1)
+    paged_prefill_sm90_kernel(const PrefillParams p) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  using Tl = Sm90Tiling<D>;
+  constexpr int kBr = Tl::kBr, kBc = Tl::kBc, kStages = Tl::kStages, kThreads = Tl::kThreads;
+  constexpr int kLpt = Tl::kChunks;
+  __shared__ int work[2];
+  const int h = blockIdx.y;
+  QueryTile w;
+  if (!find_query_tile<T, D, kBr, kBc, kThreads>(p, h, work, w)) return;
+
+  char* smem = dynamic_smem();
+  smem += (1024 - (smem_addr(smem) & 1023)) & 1023;  // swizzled panels need 1024-byte alignment
+  char* qs = smem;
+  char* kv_s = smem + Tl::kQBytes;  // stage s: K at s * 2 * kKVBytes, V kKVBytes after it
+  const int kvh = h / (p.num_heads / p.num_kv_heads);
+  const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32, wg = warp / 4;
+  const int g = lane / 4, t = lane % 4;  // accumulator fragment row / column pair
+  const int ps = p.page_size;
+  const int64_t q_row_stride = static_cast<int64_t>(p.num_heads) * D;
+
+  // Loads: each thread copies chunk c of rows tid / kLpt + i * kRowsPerPass. Q: the tile's rows
+  // (zero past the sequence's queries). K / V: row r of a tile is token tile_start + r, its page
+  // (-1: past the keys) and offset in the page fetched a tile ahead of the copies.
+  constexpr int kRowsPerPass = kThreads / kLpt;
+  const int c = tid % kLpt;
+  {
+    const T* qg = static_cast<const T*>(p.q) + static_cast<int64_t>(h) * D + c * 8;
+    for (int r = tid / kLpt; r < kBr; r += kRowsPerPass) {
+      const bool valid = r < w.rows;
+      const T* src = qg + (valid ? (w.q_begin + w.q0 + r) * q_row_stride : 0);
+      cp_async_16(qs + tile_offset<kBr>(r, c), src, valid);
+    }
+  }
+  const T* kc = static_cast<const T*>(p.k_cache);
+  const T* vc = static_cast<const T*>(p.v_cache);
+  const int64_t token_stride = static_cast<int64_t>(p.num_kv_heads) * D;
+  const int n_tiles = (w.kv_hi - w.kv_lo + kBc - 1) / kBc;
+  constexpr int kLoads = kBc / kRowsPerPass;
+  const int64_t head_off = static_cast<int64_t>(kvh) * D + c * 8;
+  int page[kLoads], in_page[kLoads];
+  auto fetch_pages = [&](int tile) {
+#pragma unroll
+    for (int i = 0; i < kLoads; ++i) {
+      const int token = w.kv_lo + tile * kBc + tid / kLpt + i * kRowsPerPass;
+      const int idx = p.page_div.div(token);
+      in_page[i] = token - idx * ps;
+      page[i] = tile < n_tiles && token < w.kv_hi ? w.pt[idx] : -1;
+    }
+  };
+  auto issue = [&](int tile) {
+    if (tile < n_tiles) {
+      char* ks = kv_s + (tile % kStages) * 2 * Tl::kKVBytes;
+#pragma unroll
+      for (int i = 0; i < kLoads; ++i) {
+        const int r = tid / kLpt + i * kRowsPerPass;
+        const bool valid = page[i] >= 0;
+        const int64_t off = valid ? (static_cast<int64_t>(page[i]) * ps + in_page[i]) * token_stride + head_off : 0;
+        cp_async_16(ks + tile_offset<kBc>(r, c), kc + off, valid);
+        cp_async_16(ks + Tl::kKVBytes + tile_offset<kBc>(r, c), vc + off, valid);
+      }
+    }
+    cp_async_commit();
+  };
+  for (int i = 0; i < kStages - 1; ++i) {  // the first group also holds Q
+    fetch_pages(i);
+    issue(i);
+  }
+  fetch_pages(kStages - 1);
+
+  // This thread's rows of the tile: row0 and row0 + 8 (fragment halves 0 / 1).
+  const int row0 = 64 * wg + 16 * (warp % 4) + g;
+  float o[D / 2];
+#pragma unroll
+  for (int i = 0; i < D / 2; ++i) o[i] = 0.f;
+  float m[2] = {kNoMax, kNoMax}, l[2] = {0.f, 0.f};
+  const bool has_cap = p.cap_log2 > 0.f;
+  const float s_scale = has_cap ? 1.f : p.q_scale;  // applied inside the exp2's fma
+  const int pos0 = w.prefix + w.q0;                 // position of the tile's row 0
+  const int wg_first = pos0 + 64 * wg, wg_last = wg_first + 63;
+  const bool wg_has_rows = 64 * wg < w.rows;
+  const uint32_t q_addr = smem_addr(qs) + wg * 64 * 128;  // the warpgroup's rows of each panel
+  const uint32_t kv_addr = smem_addr(kv_s);
+
+  for (int tile = 0; tile < n_tiles; ++tile) {
+    cp_async_wait<kStages - 2>();  // this tile (and Q) landed for this thread ...
+    fence_async_shared();          // ... where wgmma can see it ...
+    __syncthreads();               // ... for all; the stage of tile - 1 is free again
+    issue(tile + kStages - 1);
+    fetch_pages(tile + kStages);
+    const int key0 = w.kv_lo + tile * kBc;
+    if (!wg_has_rows || (p.causal && key0 > wg_last)) continue;
+    const uint32_t k_addr = kv_addr + (tile % kStages) * 2 * Tl::kKVBytes;
+    const uint32_t v_addr = k_addr + Tl::kKVBytes;
+
+    float s[kBc / 2];
+    wgmma_fence();
+#pragma unroll
+    for (int kk = 0; kk < D / 16; ++kk) {
+      const int panel = kk / 4, col_bytes = (kk % 4) * 32;
+      wgmma_ss<T, kBc, gmma::Major::K>(s, sw128_desc(q_addr + panel * kBr * 128 + col_bytes),
+                                       sw128_desc(k_addr + panel * kBc * 128 + col_bytes), kk > 0);
+    }
+    wgmma_commit();
+    wgmma_wait<0>();
+    fence_registers(s);
+
+    // Whether any (row, key) pair of the warpgroup's rows is masked in this tile.
+    const bool masked = key0 + kBc > w.kv_hi || (p.causal && key0 + kBc - 1 > wg_first) ||
+                        (p.window > 0 && key0 <= wg_last - p.window);
+    float corr[2];
+    bool rescale = false;
+    // s[4j + 2 half + e] is S[row0 + 8 half][key0 + 8j + 2t + e].
+    auto softmax = [&](auto general) {
+      constexpr bool kGeneral = decltype(general)::value;
+#pragma unroll
+      for (int half = 0; half < 2; ++half) {
+        const int pos = pos0 + row0 + 8 * half;
+        float mx = -INFINITY;
+#pragma unroll
+        for (int j = 0; j < kBc / 8; ++j) {
+#pragma unroll
+          for (int e = 0; e < 2; ++e) {
+            float x = s[4 * j + 2 * half + e];
+            if constexpr (kGeneral) {
+              if (has_cap) x = p.cap_log2 * tanh_fast(x * p.q_scale);
+              const int key = key0 + 8 * j + 2 * t + e;
+              const bool ok = key < w.kv_hi && (!p.causal || key <= pos) && (p.window <= 0 || key > pos - p.window);
+              x = ok ? x : -INFINITY;
+              s[4 * j + 2 * half + e] = x;
+            }
+            mx = fmaxf(mx, x);
+          }
+        }
+        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+        const float m_new = fmaxf(m[half], mx * s_scale);
+        corr[half] = exp2f(m[half] - m_new);
+        rescale |= m_new != m[half];
+        m[half] = m_new;
+        float sum = 0.f;
+#pragma unroll
+        for (int j = 0; j < kBc / 8; ++j) {
+#pragma unroll
+          for (int e = 0; e < 2; ++e) {
+            const float pe = exp2f(fmaf(s[4 * j + 2 * half + e], s_scale, -m_new));
+            s[4 * j + 2 * half + e] = pe;
+            sum += pe;
+          }
+        }
+        l[half] = l[half] * corr[half] + sum;
+      }
+    };
+    if (masked || has_cap) {
+      softmax(std::true_type{});
+    } else {
+      softmax(std::false_type{});
+    }
+    if (__any_sync(0xffffffffu, rescale)) {
+#pragma unroll
+      for (int i = 0; i < D / 2; ++i) o[i] *= corr[(i / 2) % 2];
+    }
+
+    // O += P V: P's A fragment of keys 16kk.. is the S accumulators of n-tiles 2kk and 2kk + 1.
+    uint32_t pa[kBc / 16][4];
+#pragma unroll
+    for (int kk = 0; kk < kBc / 16; ++kk) {
+#pragma unroll
+      for (int r = 0; r < 4; ++r) pa[kk][r] = pack2<T>(s[8 * kk + 2 * r], s[8 * kk + 2 * r + 1]);
+    }
+    wgmma_fence();
+#pragma unroll
+    for (int kk = 0; kk < kBc / 16; ++kk) {
+      wgmma_rs<T, D, gmma::Major::MN>(o, pa[kk], sw128_desc(v_addr + kk * 16 * 128, kBc * 128), true);
+    }
+    wgmma_commit();
+    wgmma_wait<0>();
+    fence_registers(o);
+  }
+  cp_async_wait<0>();
+
+  // Normalise and stage the warp's 16 rows in its own rows of the Q buffer (only this warp's
+  // wgmmas read them, and they are done), then write 16-byte chunks of whole rows.
+#pragma unroll
+  for (int half = 0; half < 2; ++half) {
+    float sum = l[half];
+    sum += __shfl_xor_sync(0xffffffffu, sum, 1);
+    sum += __shfl_xor_sync(0xffffffffu, sum, 2);
+    const float inv = 1.f / sum;
+    const int row = row0 + 8 * half;
+#pragma unroll
+    for (int j = 0; j < D / 8; ++j) {
+      *reinterpret_cast<uint32_t*>(qs + tile_offset<kBr>(row, j) + 4 * t) =
+          pack2<T>(o[4 * j + 2 * half] * inv, o[4 * j + 2 * half + 1] * inv);
+    }
+    if (t == 0 && row < w.rows) {
+      p.lse[static_cast<int64_t>(w.q_begin + w.q0 + row) * p.num_heads + h] = (m[half] + __log2f(sum)) * kLn2;
+    }
+  }
+  __syncwarp();
+  const int warp_row0 = 64 * wg + 16 * (warp % 4);
+  for (int u = lane; u < 16 * kLpt; u += 32) {
+    const int row = warp_row0 + u / kLpt, ch = u % kLpt;
+    if (row < w.rows) {
+      T* dst = static_cast<T*>(p.out) + (w.q_begin + w.q0 + row) * q_row_stride + static_cast<int64_t>(h) * D + ch * 8;
+      *reinterpret_cast<uint4*>(dst) = *reinterpret_cast<const uint4*>(qs + tile_offset<kBr>(row, ch));
+    }
+  }
+#endif
+}
+
+template <typename T, int D>
+cudaError_t launch_d(const PrefillParams& p, int device, cudaStream_t stream) {
+  using Tl = Sm90Tiling<D>;
+  const auto kernel = paged_prefill_sm90_kernel<T, D>;
+  // Per device, once (driver calls are not for every launch): whether it runs an sm_90a binary
+  // of the kernel (not another target's PTX compiled into the empty body), then the shared-memory
+  // opt-in. 0: not asked yet, 1: ready, 2: no binary.
+  static std::atomic<int> state[kMaxDevices];
+  const bool cached = device >= 0 && device < kMaxDevices;
+  int s = cached ? state[device].load(std::memory_order_acquire) : 0;
+  if (s == 0) {
+    cudaFuncAttributes attr{};
+    const bool found = cudaFuncGetAttributes(&attr, kernel) == cudaSuccess && attr.binaryVersion == 90;
+    (void)cudaGetLastError();  // a failed query must not linger as the next launch's error
+    if (found) {
+      const cudaError_t opt = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Tl::kSmemBytes);
+      if (opt != cudaSuccess) return opt;
+    }
+    s = found ? 1 : 2;
+    if (cached) state[device].store(s, std::memory_order_release);
+  }
+  if (s == 2) return cudaErrorNoKernelImageForDevice;
+  const int64_t work = ceil_div(p.total_q, Tl::kBr) + p.batch;  // >= the sum of per-sequence tiles
+  const dim3 grid(static_cast<unsigned>(work), p.num_heads);
+  kernel<<<grid, Tl::kThreads, Tl::kSmemBytes, stream>>>(p);
+  return cudaGetLastError();
+}
+
+template <typename T>
+cudaError_t launch_dtype(const PrefillParams& p, int head_dim, int device, cudaStream_t stream) {
+  switch (head_dim) {
+    case 64: return launch_d<T, 64>(p, device, stream);
+    case 128: return launch_d<T, 128>(p, device, stream);
+    default: return cudaErrorNoKernelImageForDevice;
+  }
+}
+
+}  // namespace
+
+cudaError_t launch_paged_prefill_sm90(const PrefillParams& p, int head_dim, bool bf16, int device,
+                                      cudaStream_t stream) {
+  return bf16 ? launch_dtype<__nv_bfloat16>(p, head_dim, device, stream)
+              : launch_dtype<__half>(p, head_dim, device, stream);
+}
+
+}  // namespace kernels::cuda::prefill
