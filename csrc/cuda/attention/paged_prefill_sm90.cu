@@ -58,14 +58,17 @@ __global__ void __launch_bounds__(Sm90Tiling<D>::kThreads, 1)
   char* qs = smem;
   char* kv_s = smem + Tl::kQBytes;  // stage s: K at s * 2 * kKVBytes, V kKVBytes after it
   const int kvh = h / (p.num_heads / p.num_kv_heads);
-  const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32, wg = warp / 4;
+  const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
+  const int wg = __shfl_sync(0xffffffffu, warp / 4, 0);  // warp-uniform: descriptors in uniform registers
   const int g = lane / 4, t = lane % 4;  // accumulator fragment row / column pair
   const int ps = p.page_size;
   const int64_t q_row_stride = static_cast<int64_t>(p.num_heads) * D;
 
-  // Loads: each thread copies chunk c of rows tid / kLpt + i * kRowsPerPass. Q: the tile's rows
-  // (zero past the sequence's queries). K / V: row r of a tile is token tile_start + r, its page
-  // (-1: past the keys) and offset in the page fetched a tile ahead of the copies.
+  // Loads: each thread copies chunk c of kLoads rows. Q: rows tid / kLpt + i * kRowsPerPass of
+  // the tile (zero past the sequence's queries). K / V: consecutive rows kLoads * (tid / kLpt)
+  // + i, tokens tile_start + row; their element offsets (-1: past the keys) are found a tile
+  // ahead of the copies. When kLoads divides the page size, a thread's rows share one page (tiles
+  // start at multiples of kBc): one page-table read instead of kLoads.
   constexpr int kRowsPerPass = kThreads / kLpt;
   const int c = tid % kLpt;
   {
@@ -82,14 +85,25 @@ __global__ void __launch_bounds__(Sm90Tiling<D>::kThreads, 1)
   const int n_tiles = (w.kv_hi - w.kv_lo + kBc - 1) / kBc;
   constexpr int kLoads = kBc / kRowsPerPass;
   const int64_t head_off = static_cast<int64_t>(kvh) * D + c * 8;
-  int page[kLoads], in_page[kLoads];
+  const int row0_load = kLoads * (tid / kLpt);
+  const bool page_blocks = ps % kLoads == 0;
+  int64_t off[kLoads];
   auto fetch_pages = [&](int tile) {
+    const int first = w.kv_lo + tile * kBc + row0_load;
+    if (page_blocks) {
+      const int idx = p.page_div.div(first);
+      const int page = tile < n_tiles && first < w.kv_hi ? w.pt[idx] : 0;
+      const int64_t base = (static_cast<int64_t>(page) * ps + (first - idx * ps)) * token_stride + head_off;
 #pragma unroll
-    for (int i = 0; i < kLoads; ++i) {
-      const int token = w.kv_lo + tile * kBc + tid / kLpt + i * kRowsPerPass;
-      const int idx = p.page_div.div(token);
-      in_page[i] = token - idx * ps;
-      page[i] = tile < n_tiles && token < w.kv_hi ? w.pt[idx] : -1;
+      for (int i = 0; i < kLoads; ++i) off[i] = first + i < w.kv_hi ? base + i * token_stride : -1;
+    } else {
+#pragma unroll
+      for (int i = 0; i < kLoads; ++i) {
+        const int token = first + i;
+        const int idx = p.page_div.div(token);
+        const bool valid = tile < n_tiles && token < w.kv_hi;
+        off[i] = valid ? (static_cast<int64_t>(w.pt[idx]) * ps + (token - idx * ps)) * token_stride + head_off : -1;
+      }
     }
   };
   auto issue = [&](int tile) {
@@ -97,11 +111,10 @@ __global__ void __launch_bounds__(Sm90Tiling<D>::kThreads, 1)
       char* ks = kv_s + (tile % kStages) * 2 * Tl::kKVBytes;
 #pragma unroll
       for (int i = 0; i < kLoads; ++i) {
-        const int r = tid / kLpt + i * kRowsPerPass;
-        const bool valid = page[i] >= 0;
-        const int64_t off = valid ? (static_cast<int64_t>(page[i]) * ps + in_page[i]) * token_stride + head_off : 0;
-        cp_async_16(ks + tile_offset<kBc>(r, c), kc + off, valid);
-        cp_async_16(ks + Tl::kKVBytes + tile_offset<kBc>(r, c), vc + off, valid);
+        const int dst = tile_offset<kBc>(row0_load + i, c);
+        const bool valid = off[i] >= 0;
+        cp_async_16(ks + dst, kc + (valid ? off[i] : 0), valid);
+        cp_async_16(ks + Tl::kKVBytes + dst, vc + (valid ? off[i] : 0), valid);
       }
     }
     cp_async_commit();
@@ -123,8 +136,10 @@ __global__ void __launch_bounds__(Sm90Tiling<D>::kThreads, 1)
   const int pos0 = w.prefix + w.q0;                 // position of the tile's row 0
   const int wg_first = pos0 + 64 * wg, wg_last = wg_first + 63;
   const bool wg_has_rows = 64 * wg < w.rows;
-  const uint32_t q_addr = smem_addr(qs) + wg * 64 * 128;  // the warpgroup's rows of each panel
-  const uint32_t kv_addr = smem_addr(kv_s);
+  // Descriptors of stage 0 (a stage or k-step adds its byte offset / 16 to the address field).
+  const uint64_t q_desc = sw128_desc(smem_addr(qs) + wg * 64 * 128);  // the warpgroup's rows
+  const uint64_t k_desc = sw128_desc(smem_addr(kv_s));
+  const uint64_t v_desc = sw128_desc(smem_addr(kv_s) + Tl::kKVBytes, kBc * 128);
 
   for (int tile = 0; tile < n_tiles; ++tile) {
     cp_async_wait<kStages - 2>();  // this tile (and Q) landed for this thread ...
@@ -134,16 +149,15 @@ __global__ void __launch_bounds__(Sm90Tiling<D>::kThreads, 1)
     fetch_pages(tile + kStages);
     const int key0 = w.kv_lo + tile * kBc;
     if (!wg_has_rows || (p.causal && key0 > wg_last)) continue;
-    const uint32_t k_addr = kv_addr + (tile % kStages) * 2 * Tl::kKVBytes;
-    const uint32_t v_addr = k_addr + Tl::kKVBytes;
+    const uint32_t stage16 = (tile % kStages) * 2 * Tl::kKVBytes / 16;
 
     float s[kBc / 2];
     wgmma_fence();
 #pragma unroll
     for (int kk = 0; kk < D / 16; ++kk) {
       const int panel = kk / 4, col_bytes = (kk % 4) * 32;
-      wgmma_ss<T, kBc, gmma::Major::K>(s, sw128_desc(q_addr + panel * kBr * 128 + col_bytes),
-                                       sw128_desc(k_addr + panel * kBc * 128 + col_bytes), kk > 0);
+      wgmma_ss<T, kBc, gmma::Major::K>(s, q_desc + (panel * kBr * 128 + col_bytes) / 16,
+                                       k_desc + stage16 + (panel * kBc * 128 + col_bytes) / 16, kk > 0);
     }
     wgmma_commit();
     wgmma_wait<0>();
@@ -215,7 +229,7 @@ __global__ void __launch_bounds__(Sm90Tiling<D>::kThreads, 1)
     wgmma_fence();
 #pragma unroll
     for (int kk = 0; kk < kBc / 16; ++kk) {
-      wgmma_rs<T, D, gmma::Major::MN>(o, pa[kk], sw128_desc(v_addr + kk * 16 * 128, kBc * 128), true);
+      wgmma_rs<T, D, gmma::Major::MN>(o, pa[kk], v_desc + stage16 + kk * 16 * 128 / 16, true);
     }
     wgmma_commit();
     wgmma_wait<0>();
