@@ -145,10 +145,14 @@ __global__ void __launch_bounds__(Sm90Tiling<D>::kThreads, 1)
     cp_async_wait<kStages - 2>();  // this tile (and Q) landed for this thread ...
     fence_async_shared();          // ... where wgmma can see it ...
     __syncthreads();               // ... for all; the stage of tile - 1 is free again
-    issue(tile + kStages - 1);
-    fetch_pages(tile + kStages);
+    // The next tile's copies go out while this tile's S runs on the tensor cores, the page
+    // offsets of the one after while its P V does.
     const int key0 = w.kv_lo + tile * kBc;
-    if (!wg_has_rows || (p.causal && key0 > wg_last)) continue;
+    if (!wg_has_rows || (p.causal && key0 > wg_last)) {
+      issue(tile + kStages - 1);
+      fetch_pages(tile + kStages);
+      continue;
+    }
     const uint32_t stage16 = (tile % kStages) * 2 * Tl::kKVBytes / 16;
 
     float s[kBc / 2];
@@ -160,6 +164,7 @@ __global__ void __launch_bounds__(Sm90Tiling<D>::kThreads, 1)
                                        k_desc + stage16 + (panel * kBc * 128 + col_bytes) / 16, kk > 0);
     }
     wgmma_commit();
+    issue(tile + kStages - 1);
     wgmma_wait<0>();
     fence_registers(s);
 
@@ -232,6 +237,7 @@ __global__ void __launch_bounds__(Sm90Tiling<D>::kThreads, 1)
       wgmma_rs<T, D, gmma::Major::MN>(o, pa[kk], v_desc + stage16 + kk * 16 * 128 / 16, true);
     }
     wgmma_commit();
+    fetch_pages(tile + kStages);
     wgmma_wait<0>();
     fence_registers(o);
   }
