@@ -7,6 +7,8 @@
 #include <torch/csrc/stable/tensor.h>
 
 #include <cstdint>
+#include <cstdlib>
+#include <cstring>
 #include <limits>
 #include <tuple>
 
@@ -45,6 +47,17 @@ void check_on(const Tensor& t, int32_t device, const char* what) {
 void check_launch(cudaError_t status, const char* op) {
   KERNELS_CHECK(status == cudaSuccess, op,
                 ": CUDA kernel launch failed: ", cudaGetErrorString(status));
+}
+
+// Whether ops with an sm_90a kernel beside their sm_80 one may take it: KERNELS_CUDA_ISA=sm80
+// keeps them to the sm_80 kernels (so one Hopper GPU tests both), unset or sm90a does not. Read
+// at each call, like KERNELS_CPU_ISA.
+bool sm90a_kernels_allowed() {
+  const char* env = std::getenv("KERNELS_CUDA_ISA");
+  if (env == nullptr || *env == '\0' || std::strcmp(env, "sm90a") == 0) return true;
+  // A typo must not silently test the wrong kernel.
+  KERNELS_CHECK(std::strcmp(env, "sm80") == 0, "KERNELS_CUDA_ISA must be sm80 or sm90a; got '", env, "'");
+  return false;
 }
 
 // weight [hidden], contiguous, of x's dtype and device.
@@ -396,7 +409,8 @@ std::tuple<Tensor, Tensor> paged_prefill_attention(Tensor q, Tensor k_cache, Ten
                                     static_cast<const int32_t*>(qo_indptr.const_data_ptr()),
                                     static_cast<const int32_t*>(kv_lens.const_data_ptr()), shape,
                                     static_cast<float>(scale), causal, window_i,
-                                    static_cast<float>(soft_cap), a.dtype, current_stream(device)),
+                                    static_cast<float>(soft_cap), a.dtype, sm90a_kernels_allowed(),
+                                    current_stream(device)),
                op);
   return std::make_tuple(out, lse);
 }

@@ -161,11 +161,17 @@ GPU_PREFILL_CASES = [
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("backend", ["native", "triton"])
+@pytest.mark.parametrize(
+    "backend,cuda_isa",
+    # native twice on a Hopper GPU: its wgmma kernel (head_dim 64 / 128), then the mma.sync one
+    # the op uses elsewhere (KERNELS_CUDA_ISA=sm80)
+    [("native", ""), ("native", "sm80"), ("triton", "")],
+)
 @pytest.mark.parametrize("case", GPU_PREFILL_CASES, ids=lambda c: f"n{'-'.join(map(str, c[0]))}_d{c[5]}")
 @pytest.mark.parametrize("causal", [True, False])
 @pytest.mark.parametrize("window,soft_cap", [(-1, 0.0), (100, 30.0)])
-def test_prefill_many_tiles_on_gpu(backend, case, causal, window, soft_cap):
+def test_prefill_many_tiles_on_gpu(monkeypatch, backend, cuda_isa, case, causal, window, soft_cap):
+    monkeypatch.setenv("KERNELS_CUDA_ISA", cuda_isa)
     new, prefix, page_size, heads, kv_heads, head_dim = case
     lengths = [n + p for n, p in zip(new, prefix)]
     k_cache, v_cache = make_cache(_pages_needed(lengths, page_size), page_size, kv_heads, head_dim, torch.bfloat16, "cuda")
@@ -304,6 +310,18 @@ def test_bad_page_index_in_prefill_on_gpu_gives_nan_not_a_read(backend):
         out, lse = kernels.paged_prefill_attention(q, k_cache, v_cache, table, qo_indptr, kv_lens, return_lse=True)
     torch.cuda.synchronize()
     assert not torch.isnan(out[:5]).any() and torch.isnan(out[5:]).all() and torch.isnan(lse[5:]).all()
+
+
+@pytest.mark.gpu
+def test_unknown_cuda_isa_raises(monkeypatch):
+    k_cache, v_cache = make_cache(2, 16, 1, 64, torch.bfloat16, "cuda")
+    table = torch.tensor([[0, 1]], dtype=torch.int32, device="cuda")
+    qo_indptr = torch.tensor([0, 4], dtype=torch.int32, device="cuda")
+    kv_lens = torch.tensor([20], dtype=torch.int32, device="cuda")
+    q = torch.randn(4, 2, 64, dtype=torch.bfloat16, device="cuda")
+    monkeypatch.setenv("KERNELS_CUDA_ISA", "sm95")
+    with kernels.backend("native"), pytest.raises(RuntimeError, match="KERNELS_CUDA_ISA"):
+        kernels.paged_prefill_attention(q, k_cache, v_cache, table, qo_indptr, kv_lens)
 
 
 def _decode_args(**overrides):

@@ -44,12 +44,14 @@ struct PrefillShape {
 };
 
 // q [total_q, num_heads, head_dim] (contiguous) -> out (q's dtype, bf16 / fp16), lse [total_q,
-// num_heads] float32; qo_indptr [batch + 1], kv_lens [batch] int32 on the device.
+// num_heads] float32; qo_indptr [batch + 1], kv_lens [batch] int32 on the device. With
+// allow_sm90a, the wgmma kernel where the device and build have it (head_dim 64 / 128), else
+// the mma.sync kernel.
 cudaError_t launch_paged_prefill(void* out, float* lse, const void* q, const void* k_cache,
                                  const void* v_cache, const int32_t* page_table,
                                  const int32_t* qo_indptr, const int32_t* kv_lens,
                                  const PrefillShape& shape, float scale, bool causal, int window,
-                                 float soft_cap, Dtype dtype, cudaStream_t stream);
+                                 float soft_cap, Dtype dtype, bool allow_sm90a, cudaStream_t stream);
 
 // v_a, v_b, v [rows, dim] contiguous; lse_a, lse_b, lse [rows] float32.
 cudaError_t launch_merge_attention_states(void* v, float* lse, const void* v_a, const float* lse_a,

@@ -344,7 +344,7 @@ cudaError_t launch_paged_prefill(void* out, float* lse, const void* q, const voi
                                  const void* v_cache, const int32_t* page_table,
                                  const int32_t* qo_indptr, const int32_t* kv_lens,
                                  const PrefillShape& shape, float scale, bool causal, int window,
-                                 float soft_cap, Dtype dtype, cudaStream_t stream) {
+                                 float soft_cap, Dtype dtype, bool allow_sm90a, cudaStream_t stream) {
   if (shape.total_q == 0 || shape.batch == 0) return cudaSuccess;
   PrefillParams p;
   p.out = out;
@@ -369,7 +369,7 @@ cudaError_t launch_paged_prefill(void* out, float* lse, const void* q, const voi
   p.cap_log2 = soft_cap > 0.f ? soft_cap * kLog2e : 0.f;
   int device = -1;
   if (cudaGetDevice(&device) != cudaSuccess) return cudaGetLastError();
-  if (shape.head_dim <= 128 && (dtype == Dtype::kBFloat16 || dtype == Dtype::kFloat16)) {
+  if (allow_sm90a && shape.head_dim <= 128 && (dtype == Dtype::kBFloat16 || dtype == Dtype::kFloat16)) {
     const cudaError_t sm90 = launch_paged_prefill_sm90(p, shape.head_dim, dtype == Dtype::kBFloat16, device, stream);
     if (sm90 != cudaErrorNoKernelImageForDevice) return sm90;
   }
