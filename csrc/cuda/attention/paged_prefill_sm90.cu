@@ -17,6 +17,7 @@
 #include "cuda/common/async_copy.cuh"
 #include "cuda/common/launch.cuh"
 #include "cuda/common/mma.cuh"
+#include "cuda/common/warp_specialize.cuh"
 #include "cuda/common/wgmma.cuh"
 
 namespace kernels::cuda::prefill {
@@ -24,15 +25,17 @@ namespace {
 
 template <int D>
 struct Sm90Tiling {
-  static constexpr int kWarpGroups = 2;
-  static constexpr int kThreads = 128 * kWarpGroups;
-  static constexpr int kBr = 64 * kWarpGroups;  // query rows per CTA
-  static constexpr int kBc = 128;               // keys per tile
-  static constexpr int kChunks = D / 8;         // 16-byte chunks of a row
+  static constexpr int kConsumers = 2;                     // warpgroups of 64 query rows
+  static constexpr int kThreads = 128 * (1 + kConsumers);  // warpgroup 0 loads
+  static constexpr int kBr = 64 * kConsumers;              // query rows per CTA
+  static constexpr int kBc = 128;                          // keys per tile
+  static constexpr int kChunks = D / 8;                    // 16-byte chunks of a row
   static constexpr int kQBytes = kBr * 2 * D;
   static constexpr int kKVBytes = kBc * 2 * D;  // K (or V) of one stage
   static constexpr int kStages = 2;
   static constexpr int kSmemBytes = 1024 + kQBytes + kStages * 2 * kKVBytes;  // 1024: alignment
+  // Registers per thread after the split (128 * 40 + 256 * 232 <= 65536).
+  static constexpr int kProducerRegs = 40, kConsumerRegs = 232;
 };
 
 // Byte offset of 16-byte chunk c of row r in a tile of kRows rows kept as 64-column panels.
@@ -49,84 +52,93 @@ __global__ void __launch_bounds__(Sm90Tiling<D>::kThreads, 1)
   constexpr int kBr = Tl::kBr, kBc = Tl::kBc, kStages = Tl::kStages, kThreads = Tl::kThreads;
   constexpr int kLpt = Tl::kChunks;
   __shared__ int work[2];
+  // full[s]: stage s holds its tile (the producer's 128 threads arrive); empty[s]: the
+  // consumers' 256 threads are done with it.
+  __shared__ uint64_t full[kStages], empty[kStages];
   const int h = blockIdx.y;
   QueryTile w;
   if (!find_query_tile<T, D, kBr, kBc, kThreads>(p, h, work, w)) return;
+  if (threadIdx.x == 0) {
+    for (int s = 0; s < kStages; ++s) {
+      mbarrier_init(&full[s], 128);
+      mbarrier_init(&empty[s], 128 * Tl::kConsumers);
+    }
+  }
+  __syncthreads();
 
   char* smem = dynamic_smem();
   smem += (1024 - (smem_addr(smem) & 1023)) & 1023;  // swizzled panels need 1024-byte alignment
   char* qs = smem;
   char* kv_s = smem + Tl::kQBytes;  // stage s: K at s * 2 * kKVBytes, V kKVBytes after it
-  const int kvh = h / (p.num_heads / p.num_kv_heads);
   const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
   const int wg = __shfl_sync(0xffffffffu, warp / 4, 0);  // warp-uniform: descriptors in uniform registers
-  const int g = lane / 4, t = lane % 4;  // accumulator fragment row / column pair
-  const int ps = p.page_size;
+  const int n_tiles = (w.kv_hi - w.kv_lo + kBc - 1) / kBc;
   const int64_t q_row_stride = static_cast<int64_t>(p.num_heads) * D;
 
-  // Loads: each thread copies chunk c of kLoads rows. Q: rows tid / kLpt + i * kRowsPerPass of
-  // the tile (zero past the sequence's queries). K / V: consecutive rows kLoads * (tid / kLpt)
-  // + i, tokens tile_start + row; their element offsets (-1: past the keys) are found a tile
-  // ahead of the copies. When kLoads divides the page size, a thread's rows share one page (tiles
-  // start at multiples of kBc): one page-table read instead of kLoads.
-  constexpr int kRowsPerPass = kThreads / kLpt;
-  const int c = tid % kLpt;
-  {
-    const T* qg = static_cast<const T*>(p.q) + static_cast<int64_t>(h) * D + c * 8;
-    for (int r = tid / kLpt; r < kBr; r += kRowsPerPass) {
-      const bool valid = r < w.rows;
-      const T* src = qg + (valid ? (w.q_begin + w.q0 + r) * q_row_stride : 0);
-      cp_async_16(qs + tile_offset<kBr>(r, c), src, valid);
-    }
-  }
-  const T* kc = static_cast<const T*>(p.k_cache);
-  const T* vc = static_cast<const T*>(p.v_cache);
-  const int64_t token_stride = static_cast<int64_t>(p.num_kv_heads) * D;
-  const int n_tiles = (w.kv_hi - w.kv_lo + kBc - 1) / kBc;
-  constexpr int kLoads = kBc / kRowsPerPass;
-  const int64_t head_off = static_cast<int64_t>(kvh) * D + c * 8;
-  const int row0_load = kLoads * (tid / kLpt);
-  const bool page_blocks = ps % kLoads == 0;
-  int64_t off[kLoads];
-  auto fetch_pages = [&](int tile) {
-    const int first = w.kv_lo + tile * kBc + row0_load;
-    if (page_blocks) {
-      const int idx = p.page_div.div(first);
-      const int page = tile < n_tiles && first < w.kv_hi ? w.pt[idx] : 0;
-      const int64_t base = (static_cast<int64_t>(page) * ps + (first - idx * ps)) * token_stride + head_off;
-#pragma unroll
-      for (int i = 0; i < kLoads; ++i) off[i] = first + i < w.kv_hi ? base + i * token_stride : -1;
-    } else {
-#pragma unroll
-      for (int i = 0; i < kLoads; ++i) {
-        const int token = first + i;
-        const int idx = p.page_div.div(token);
-        const bool valid = tile < n_tiles && token < w.kv_hi;
-        off[i] = valid ? (static_cast<int64_t>(w.pt[idx]) * ps + (token - idx * ps)) * token_stride + head_off : -1;
+  if (wg == 0) {
+    // Producer: Q, then each tile into its stage once the consumers have freed it. A thread
+    // copies chunk c of kLoads consecutive rows; when kLoads divides the page size they share one
+    // page (tiles start at multiples of kBc): one page-table read instead of kLoads. Once its
+    // copies have landed, it hands them to the async proxy (wgmma) and arrives on full.
+    warpgroup_registers_decrease<Tl::kProducerRegs>();
+    constexpr int kRowsPerPass = 128 / kLpt;
+    constexpr int kLoads = kBc / kRowsPerPass;
+    const int c = tid % kLpt, ps = p.page_size;
+    {
+      const T* qg = static_cast<const T*>(p.q) + static_cast<int64_t>(h) * D + c * 8;
+      for (int r = tid / kLpt; r < kBr; r += kRowsPerPass) {
+        const bool valid = r < w.rows;
+        const T* src = qg + (valid ? (w.q_begin + w.q0 + r) * q_row_stride : 0);
+        cp_async_16(qs + tile_offset<kBr>(r, c), src, valid);
       }
     }
-  };
-  auto issue = [&](int tile) {
-    if (tile < n_tiles) {
-      char* ks = kv_s + (tile % kStages) * 2 * Tl::kKVBytes;
-#pragma unroll
-      for (int i = 0; i < kLoads; ++i) {
+    const T* kc = static_cast<const T*>(p.k_cache);
+    const T* vc = static_cast<const T*>(p.v_cache);
+    const int64_t token_stride = static_cast<int64_t>(p.num_kv_heads) * D;
+    const int kvh = h / (p.num_heads / p.num_kv_heads);
+    const int64_t head_off = static_cast<int64_t>(kvh) * D + c * 8;
+    const int row0_load = kLoads * (tid / kLpt);
+    const bool page_blocks = ps % kLoads == 0;
+    for (int tile = 0; tile < n_tiles; ++tile) {
+      const int s = tile % kStages;
+      if (tile >= kStages) mbarrier_wait(&empty[s], (tile / kStages - 1) & 1);
+      char* ks = kv_s + s * 2 * Tl::kKVBytes;
+      const int first = w.kv_lo + tile * kBc + row0_load;
+      auto copy_row = [&](int i, int64_t off, bool valid) {
         const int dst = tile_offset<kBc>(row0_load + i, c);
-        const bool valid = off[i] >= 0;
-        cp_async_16(ks + dst, kc + (valid ? off[i] : 0), valid);
-        cp_async_16(ks + Tl::kKVBytes + dst, vc + (valid ? off[i] : 0), valid);
+        cp_async_16(ks + dst, kc + (valid ? off : 0), valid);
+        cp_async_16(ks + Tl::kKVBytes + dst, vc + (valid ? off : 0), valid);
+      };
+      if (page_blocks) {
+        const int idx = p.page_div.div(first);
+        const int page = first < w.kv_hi ? w.pt[idx] : 0;
+        const int64_t base = (static_cast<int64_t>(page) * ps + (first - idx * ps)) * token_stride + head_off;
+#pragma unroll
+        for (int i = 0; i < kLoads; ++i) copy_row(i, base + i * token_stride, first + i < w.kv_hi);
+      } else {
+#pragma unroll 4
+        for (int i = 0; i < kLoads; ++i) {
+          const int token = first + i;
+          const int idx = p.page_div.div(token);
+          const bool valid = token < w.kv_hi;
+          copy_row(i, valid ? (static_cast<int64_t>(w.pt[idx]) * ps + (token - idx * ps)) * token_stride + head_off : 0,
+                   valid);
+        }
       }
+      cp_async_commit();
+      cp_async_wait<0>();
+      fence_async_shared();
+      mbarrier_arrive(&full[s]);
     }
-    cp_async_commit();
-  };
-  for (int i = 0; i < kStages - 1; ++i) {  // the first group also holds Q
-    fetch_pages(i);
-    issue(i);
+    return;
   }
-  fetch_pages(kStages - 1);
 
+  // Consumers: warpgroup cw owns rows 64 cw .. 64 cw + 63 of the tile.
+  warpgroup_registers_increase<Tl::kConsumerRegs>();
+  const int cw = wg - 1;
+  const int g = lane / 4, t = lane % 4;  // accumulator fragment row / column pair
   // This thread's rows of the tile: row0 and row0 + 8 (fragment halves 0 / 1).
-  const int row0 = 64 * wg + 16 * (warp % 4) + g;
+  const int row0 = 64 * cw + 16 * (warp % 4) + g;
   float o[D / 2];
 #pragma unroll
   for (int i = 0; i < D / 2; ++i) o[i] = 0.f;
@@ -134,26 +146,22 @@ __global__ void __launch_bounds__(Sm90Tiling<D>::kThreads, 1)
   const bool has_cap = p.cap_log2 > 0.f;
   const float s_scale = has_cap ? 1.f : p.q_scale;  // applied inside the exp2's fma
   const int pos0 = w.prefix + w.q0;                 // position of the tile's row 0
-  const int wg_first = pos0 + 64 * wg, wg_last = wg_first + 63;
-  const bool wg_has_rows = 64 * wg < w.rows;
+  const int wg_first = pos0 + 64 * cw, wg_last = wg_first + 63;
+  const bool wg_has_rows = 64 * cw < w.rows;
   // Descriptors of stage 0 (a stage or k-step adds its byte offset / 16 to the address field).
-  const uint64_t q_desc = sw128_desc(smem_addr(qs) + wg * 64 * 128);  // the warpgroup's rows
+  const uint64_t q_desc = sw128_desc(smem_addr(qs) + cw * 64 * 128);  // the warpgroup's rows
   const uint64_t k_desc = sw128_desc(smem_addr(kv_s));
   const uint64_t v_desc = sw128_desc(smem_addr(kv_s) + Tl::kKVBytes, kBc * 128);
 
   for (int tile = 0; tile < n_tiles; ++tile) {
-    cp_async_wait<kStages - 2>();  // this tile (and Q) landed for this thread ...
-    fence_async_shared();          // ... where wgmma can see it ...
-    __syncthreads();               // ... for all; the stage of tile - 1 is free again
-    // The next tile's copies go out while this tile's S runs on the tensor cores, the page
-    // offsets of the one after while its P V does.
+    const int stage = tile % kStages;
+    mbarrier_wait(&full[stage], (tile / kStages) & 1);
     const int key0 = w.kv_lo + tile * kBc;
     if (!wg_has_rows || (p.causal && key0 > wg_last)) {
-      issue(tile + kStages - 1);
-      fetch_pages(tile + kStages);
+      mbarrier_arrive(&empty[stage]);
       continue;
     }
-    const uint32_t stage16 = (tile % kStages) * 2 * Tl::kKVBytes / 16;
+    const uint32_t stage16 = stage * 2 * Tl::kKVBytes / 16;
 
     float s[kBc / 2];
     wgmma_fence();
@@ -164,10 +172,8 @@ __global__ void __launch_bounds__(Sm90Tiling<D>::kThreads, 1)
                                        k_desc + stage16 + (panel * kBc * 128 + col_bytes) / 16, kk > 0);
     }
     wgmma_commit();
-    issue(tile + kStages - 1);
     wgmma_wait<0>();
     fence_registers(s);
-
     // Whether any (row, key) pair of the warpgroup's rows is masked in this tile.
     const bool masked = key0 + kBc > w.kv_hi || (p.causal && key0 + kBc - 1 > wg_first) ||
                         (p.window > 0 && key0 <= wg_last - p.window);
@@ -237,11 +243,10 @@ __global__ void __launch_bounds__(Sm90Tiling<D>::kThreads, 1)
       wgmma_rs<T, D, gmma::Major::MN>(o, pa[kk], v_desc + stage16 + kk * 16 * 128 / 16, true);
     }
     wgmma_commit();
-    fetch_pages(tile + kStages);
     wgmma_wait<0>();
     fence_registers(o);
+    mbarrier_arrive(&empty[stage]);
   }
-  cp_async_wait<0>();
 
   // Normalise and stage the warp's 16 rows in its own rows of the Q buffer (only this warp's
   // wgmmas read them, and they are done), then write 16-byte chunks of whole rows.
@@ -262,7 +267,7 @@ __global__ void __launch_bounds__(Sm90Tiling<D>::kThreads, 1)
     }
   }
   __syncwarp();
-  const int warp_row0 = 64 * wg + 16 * (warp % 4);
+  const int warp_row0 = 64 * cw + 16 * (warp % 4);
   for (int u = lane; u < 16 * kLpt; u += 32) {
     const int row = warp_row0 + u / kLpt, ch = u % kLpt;
     if (row < w.rows) {
