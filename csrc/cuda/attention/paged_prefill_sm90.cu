@@ -1,14 +1,16 @@
 // Paged prefill attention on Hopper's warpgroup MMA (sm_90a), head_dim 64 and 128; the launcher
 // in paged_prefill.cu takes it where it exists and the mma.sync kernel everywhere else.
 //
-// One CTA per (query tile of 128 rows, query head), mapped as in paged_prefill.cu (find_query_tile).
-// Two warpgroups own 64 query rows each. K and V tiles of 128 keys stream through two stages by
-// cp.async (each row finds its own page, so any page size works) into 128-byte-swizzled panels of
-// 64 columns, which wgmma reads without ldmatrix: S = Q K^T from shared memory (Q and K both
-// K-major), then O += P V with P straight from the S accumulators in registers (V's rows are keys:
-// an MN-major operand). Online softmax in the exp2 domain, with a lean instance for tiles without
-// masks as in the mma.sync kernel. A warpgroup skips the math of tiles its rows cannot see (past
-// its queries, or wholly after them under the causal mask).
+// One CTA per (query tile of 128 rows, query head), mapped as in paged_prefill.cu (find_query_tile),
+// of three warpgroups (FlashAttention-3's shape). The producer (warpgroup 0, few registers) copies
+// Q, then K and V tiles of 128 keys into three stages by cp.async (each row finds its own page, so
+// any page size works), as 128-byte-swizzled panels of 64 columns that wgmma reads without
+// ldmatrix, and signals each stage on an mbarrier. Two consumers own 64 query rows each: S = Q K^T
+// from shared memory (Q and K K-major), online softmax in the exp2 domain (a lean instance for
+// tiles without masks), then O += P V with P from the S accumulators in registers (V's rows are
+// keys: an MN-major operand); each P V runs on the tensor cores while the next tile's softmax
+// runs on the ALUs, and frees its stage on a second mbarrier. A consumer skips the tiles its rows
+// cannot see (past its queries, or wholly after them under the causal mask).
 #include <atomic>
 #include <cmath>
 #include <type_traits>
@@ -32,7 +34,7 @@ struct Sm90Tiling {
   static constexpr int kChunks = D / 8;                    // 16-byte chunks of a row
   static constexpr int kQBytes = kBr * 2 * D;
   static constexpr int kKVBytes = kBc * 2 * D;  // K (or V) of one stage
-  static constexpr int kStages = 2;
+  static constexpr int kStages = 3;
   static constexpr int kSmemBytes = 1024 + kQBytes + kStages * 2 * kKVBytes;  // 1024: alignment
   // Registers per thread after the split (128 * 40 + 256 * 232 <= 65536).
   static constexpr int kProducerRegs = 40, kConsumerRegs = 232;
@@ -153,17 +155,46 @@ __global__ void __launch_bounds__(Sm90Tiling<D>::kThreads, 1)
   const uint64_t k_desc = sw128_desc(smem_addr(kv_s));
   const uint64_t v_desc = sw128_desc(smem_addr(kv_s) + Tl::kKVBytes, kBc * 128);
 
-  for (int tile = 0; tile < n_tiles; ++tile) {
+  // O += P V of the previous tile (P in pa, its stage in pv_stage, its softmax's correction of
+  // the older O in pv_corr) goes to the tensor cores right after this tile's S = Q K^T, and runs
+  // while this warpgroup computes the softmax.
+  uint32_t pa[kBc / 4];
+  int pv_stage = 0;
+  float pv_corr[2];
+  bool pv_rescale = false;
+  auto issue_pv = [&]() {
+    if (__any_sync(0xffffffffu, pv_rescale)) {
+#pragma unroll
+      for (int i = 0; i < D / 2; ++i) o[i] *= pv_corr[(i / 2) % 2];
+    }
+    fence_registers(o);
+    wgmma_fence();
+#pragma unroll
+    for (int kk = 0; kk < kBc / 16; ++kk) {
+      wgmma_rs<T, D, gmma::Major::MN>(o, pa + 4 * kk, v_desc + pv_stage * 2 * Tl::kKVBytes / 16 + kk * 16 * 128 / 16, true);
+    }
+    wgmma_commit();
+  };
+  auto finish_pv = [&]() {  // after the wait that covers it
+    fence_registers(o);
+    fence_registers(pa);
+    mbarrier_arrive(&empty[pv_stage]);
+  };
+
+  // The tiles this warpgroup computes: all, or (causal) those up to its last row; the rest it
+  // only releases. The first goes alone, the others each with the previous tile's P V.
+  const int n_active = !wg_has_rows ? 0
+                       : p.causal ? min(n_tiles, (wg_last - w.kv_lo) / kBc + 1)
+                                  : n_tiles;
+  auto step = [&](int tile, auto first_tile) {
+    constexpr bool kFirst = decltype(first_tile)::value;
     const int stage = tile % kStages;
     mbarrier_wait(&full[stage], (tile / kStages) & 1);
     const int key0 = w.kv_lo + tile * kBc;
-    if (!wg_has_rows || (p.causal && key0 > wg_last)) {
-      mbarrier_arrive(&empty[stage]);
-      continue;
-    }
     const uint32_t stage16 = stage * 2 * Tl::kKVBytes / 16;
 
     float s[kBc / 2];
+    fence_registers(s);
     wgmma_fence();
 #pragma unroll
     for (int kk = 0; kk < D / 16; ++kk) {
@@ -172,8 +203,14 @@ __global__ void __launch_bounds__(Sm90Tiling<D>::kThreads, 1)
                                        k_desc + stage16 + (panel * kBc * 128 + col_bytes) / 16, kk > 0);
     }
     wgmma_commit();
-    wgmma_wait<0>();
+    if constexpr (kFirst) {
+      wgmma_wait<0>();
+    } else {
+      issue_pv();
+      wgmma_wait<1>();  // S has landed (groups complete in order); P V may still run
+    }
     fence_registers(s);
+
     // Whether any (row, key) pair of the warpgroup's rows is masked in this tile.
     const bool masked = key0 + kBc > w.kv_hi || (p.causal && key0 + kBc - 1 > wg_first) ||
                         (p.window > 0 && key0 <= wg_last - p.window);
@@ -225,27 +262,31 @@ __global__ void __launch_bounds__(Sm90Tiling<D>::kThreads, 1)
     } else {
       softmax(std::false_type{});
     }
-    if (__any_sync(0xffffffffu, rescale)) {
-#pragma unroll
-      for (int i = 0; i < D / 2; ++i) o[i] *= corr[(i / 2) % 2];
+    if constexpr (!kFirst) {
+      wgmma_wait<0>();
+      finish_pv();
     }
-
-    // O += P V: P's A fragment of keys 16kk.. is the S accumulators of n-tiles 2kk and 2kk + 1.
-    uint32_t pa[kBc / 16][4];
+    pv_corr[0] = corr[0];
+    pv_corr[1] = corr[1];
+    pv_rescale = rescale;
+    // P's A fragment of keys 16kk.. is the S accumulators of n-tiles 2kk and 2kk + 1.
 #pragma unroll
     for (int kk = 0; kk < kBc / 16; ++kk) {
 #pragma unroll
-      for (int r = 0; r < 4; ++r) pa[kk][r] = pack2<T>(s[8 * kk + 2 * r], s[8 * kk + 2 * r + 1]);
+      for (int r = 0; r < 4; ++r) pa[4 * kk + r] = pack2<T>(s[8 * kk + 2 * r], s[8 * kk + 2 * r + 1]);
     }
-    wgmma_fence();
-#pragma unroll
-    for (int kk = 0; kk < kBc / 16; ++kk) {
-      wgmma_rs<T, D, gmma::Major::MN>(o, pa[kk], v_desc + stage16 + kk * 16 * 128 / 16, true);
-    }
-    wgmma_commit();
+    pv_stage = stage;
+  };
+  if (n_active > 0) {
+    step(0, std::true_type{});
+    for (int tile = 1; tile < n_active; ++tile) step(tile, std::false_type{});
+    issue_pv();
     wgmma_wait<0>();
-    fence_registers(o);
-    mbarrier_arrive(&empty[stage]);
+    finish_pv();
+  }
+  for (int tile = n_active; tile < n_tiles; ++tile) {
+    mbarrier_wait(&full[tile % kStages], (tile / kStages) & 1);
+    mbarrier_arrive(&empty[tile % kStages]);
   }
 
   // Normalise and stage the warp's 16 rows in its own rows of the Q buffer (only this warp's

@@ -76,7 +76,7 @@ __device__ __forceinline__ void ss(float (&d)[N], uint64_t a, uint64_t b, bool a
   Op::fma(a, b, d[I]..., acc ? gmma::ScaleOut::One : gmma::ScaleOut::Zero);
 }
 template <class Op, int N, size_t... I>
-__device__ __forceinline__ void rs(float (&d)[N], const uint32_t (&a)[4], uint64_t b, bool acc,
+__device__ __forceinline__ void rs(float (&d)[N], const uint32_t* a, uint64_t b, bool acc,
                                    std::index_sequence<I...>) {
   Op::fma(a[0], a[1], a[2], a[3], b, d[I]..., acc ? gmma::ScaleOut::One : gmma::ScaleOut::Zero);
 }
@@ -90,9 +90,10 @@ __device__ __forceinline__ void wgmma_ss(float (&d)[N / 2], uint64_t a, uint64_t
   detail::ss<typename detail::GmmaOps<T, N, kB>::SS>(d, a, b, acc, std::make_index_sequence<N / 2>{});
 }
 
-// The same with A from registers, mma.sync's m16n8k16 A fragment per warp (its 16 rows).
+// The same with A from registers a[0..3], mma.sync's m16n8k16 A fragment per warp (its 16 rows);
+// they must not change until the MMA has completed.
 template <class T, int N, gmma::Major kB>
-__device__ __forceinline__ void wgmma_rs(float (&d)[N / 2], const uint32_t (&a)[4], uint64_t b, bool acc) {
+__device__ __forceinline__ void wgmma_rs(float (&d)[N / 2], const uint32_t* a, uint64_t b, bool acc) {
   detail::rs<typename detail::GmmaOps<T, N, kB>::RS>(d, a, b, acc, std::make_index_sequence<N / 2>{});
 }
 
