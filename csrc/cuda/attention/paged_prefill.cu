@@ -25,7 +25,6 @@
 #include "cuda/attention/paged_attention.h"
 #include "cuda/attention/paged_prefill_common.cuh"
 #include "cuda/common/async_copy.cuh"
-#include "cuda/common/launch.cuh"
 #include "cuda/common/mma.cuh"
 
 namespace kernels::cuda {
@@ -323,9 +322,7 @@ cudaError_t launch_d(const PrefillParams& p, int device, cudaStream_t stream) {
     if (attr != cudaSuccess) return attr;
     if (device >= 0 && device < kMaxDevices) opted_in[device].store(true, std::memory_order_release);
   }
-  const int64_t work = ceil_div(p.total_q, Tl::kBr) + p.batch;  // >= the sum of per-sequence tiles
-  const dim3 grid(static_cast<unsigned>(work), p.num_heads);
-  kernel<<<grid, Tl::kThreads, Tl::kSmemBytes, stream>>>(p);
+  kernel<<<prefill_grid(p, Tl::kBr), Tl::kThreads, Tl::kSmemBytes, stream>>>(p);
   return cudaGetLastError();
 }
 

@@ -126,6 +126,12 @@ __device__ bool find_query_tile(const PrefillParams& p, int h, int* slot, QueryT
   return false;
 }
 
+// The grid of a prefill launch with kBr query rows per CTA: an upper bound on the sum of the
+// sequences' query tiles (find_work maps CTAs to tiles; surplus CTAs exit), by query heads.
+inline dim3 prefill_grid(const PrefillParams& p, int kBr) {
+  return dim3(static_cast<unsigned>((static_cast<int64_t>(p.total_q) + kBr - 1) / kBr + p.batch), p.num_heads);
+}
+
 // The sm_90a (wgmma) launch for head_dim 64 / 128 in bf16 / fp16 (Dtype as in dtype.h);
 // cudaErrorNoKernelImageForDevice where there is none (another GPU, or a build without sm_90a),
 // and the caller takes the mma.sync kernel.

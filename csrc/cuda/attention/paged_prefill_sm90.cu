@@ -17,7 +17,6 @@
 
 #include "cuda/attention/paged_prefill_common.cuh"
 #include "cuda/common/async_copy.cuh"
-#include "cuda/common/launch.cuh"
 #include "cuda/common/mma.cuh"
 #include "cuda/common/warp_specialize.cuh"
 #include "cuda/common/wgmma.cuh"
@@ -341,9 +340,7 @@ cudaError_t launch_d(const PrefillParams& p, int device, cudaStream_t stream) {
     if (cached) state[device].store(s, std::memory_order_release);
   }
   if (s == 2) return cudaErrorNoKernelImageForDevice;
-  const int64_t work = ceil_div(p.total_q, Tl::kBr) + p.batch;  // >= the sum of per-sequence tiles
-  const dim3 grid(static_cast<unsigned>(work), p.num_heads);
-  kernel<<<grid, Tl::kThreads, Tl::kSmemBytes, stream>>>(p);
+  kernel<<<prefill_grid(p, Tl::kBr), Tl::kThreads, Tl::kSmemBytes, stream>>>(p);
   return cudaGetLastError();
 }
 
