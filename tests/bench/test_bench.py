@@ -271,6 +271,18 @@ def test_bench_store_and_merge_smoke(tmp_path, capsys, _one_thread):
         assert set(r["peers"]) == {"torch_eager"} and r["vs_peer"] > 0
 
 
+def test_bench_peers_none_times_ours_only(tmp_path, capsys, _one_thread):
+    code = bench(
+        ["merge_attention_states", "--shapes", "8x4x64", "--backends", "reference", "--peers", "none",
+         "--reps", "2", "--json", str(tmp_path / "m.json")]
+    )  # fmt: skip
+    assert code == 0, capsys.readouterr().out
+    doc = json.loads((tmp_path / "m.json").read_text())
+    (r,) = doc["results"]
+    assert r["peers"] == {} and r["vs_peer"] is None and r["median_us"] > 0
+    assert "--peers none" in doc["command"]
+
+
 def test_attention_bytes_and_flops():
     bf16 = torch.bfloat16
     decode = specs.SPECS["paged_decode_attention"]

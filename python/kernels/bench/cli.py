@@ -93,7 +93,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "--peers",
         metavar="LIST",
         help=f"comma-separated peers to time (default all of the op's that run here; known: {','.join(PEER_NAMES)}); "
-        "torch_eager is always kept where the op has one",
+        "torch_eager is always kept where the op has one; none times ours only",
     )
     p.add_argument("--device", choices=("cuda", "cpu"), help="default: cuda when available, else cpu")
     p.add_argument(
@@ -134,9 +134,12 @@ def _options(args) -> tuple[runner.Options, str]:
     if getattr(args, "peers", None) is not None:
         peers = [p.strip() for p in args.peers.split(",") if p.strip()]
         unknown = [p for p in peers if p not in PEER_NAMES]
-        if unknown:
-            raise UsageError(f"unknown peer {unknown[0]!r} in --peers; choose from {', '.join(PEER_NAMES)}")
-        peers = list(dict.fromkeys(["torch_eager", *peers]))
+        if peers == ["none"]:
+            peers = []
+        elif unknown:
+            raise UsageError(f"unknown peer {unknown[0]!r} in --peers; choose from {', '.join(PEER_NAMES)}, or none")
+        else:
+            peers = list(dict.fromkeys(["torch_eager", *peers]))
 
     if args.reps is not None and args.reps < 1:
         raise UsageError(f"--reps must be at least 1, got {args.reps}")
@@ -159,7 +162,7 @@ def _options(args) -> tuple[runner.Options, str]:
         parts += ["--backends", ",".join(backends)]
     parts += ["--device", device_type]
     if getattr(args, "peers", None) is not None:
-        parts += ["--peers", ",".join(peers)]
+        parts += ["--peers", ",".join(peers) or "none"]
     if args.reps is not None:
         parts += ["--reps", str(args.reps)]
     if args.json:
