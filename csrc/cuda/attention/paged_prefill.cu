@@ -314,14 +314,9 @@ template <typename T, int D>
 cudaError_t launch_d(const PrefillParams& p, int device, cudaStream_t stream) {
   using Tl = PrefillTiling<D>;
   const auto kernel = paged_prefill_kernel<T, D>;
-  // Above 48 KB of dynamic shared memory needs the opt-in, once per kernel and device (not on
-  // every launch: it is a driver call).
-  static std::atomic<bool> opted_in[kMaxDevices];
-  if (device < 0 || device >= kMaxDevices || !opted_in[device].load(std::memory_order_acquire)) {
-    const cudaError_t attr = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Tl::kSmemBytes);
-    if (attr != cudaSuccess) return attr;
-    if (device >= 0 && device < kMaxDevices) opted_in[device].store(true, std::memory_order_release);
-  }
+  static std::atomic<bool> raised[kMaxDevices];
+  const cudaError_t e = raise_smem_once(reinterpret_cast<const void*>(kernel), Tl::kSmemBytes, device, raised);
+  if (e != cudaSuccess) return e;
   kernel<<<prefill_grid(p, Tl::kBr), Tl::kThreads, Tl::kSmemBytes, stream>>>(p);
   return cudaGetLastError();
 }

@@ -7,13 +7,13 @@
 #include <cstdint>
 
 #include "cuda/common/fast_div.cuh"
+#include "cuda/common/kernel_setup.h"
 
 namespace kernels::cuda::prefill {
 
 constexpr float kLog2e = 1.4426950408889634f;
 constexpr float kLn2 = 0.6931471805599453f;
 constexpr float kNoMax = -1e30f;  // finite: exp2(m - m_new) never sees inf - inf
-constexpr int kMaxDevices = 64;
 
 struct PrefillParams {
   void* out;

@@ -322,24 +322,18 @@ template <typename T, int D>
 cudaError_t launch_d(const PrefillParams& p, int device, cudaStream_t stream) {
   using Tl = Sm90Tiling<D>;
   const auto kernel = paged_prefill_sm90_kernel<T, D>;
-  // Per device, once (driver calls are not for every launch): whether it runs an sm_90a binary
-  // of the kernel (not another target's PTX compiled into the empty body), then the shared-memory
-  // opt-in. 0: not asked yet, 1: ready, 2: no binary.
-  static std::atomic<int> state[kMaxDevices];
+  // Per device, asked once: 0 not yet, 1 it runs the sm_90a binary, 2 it does not.
+  static std::atomic<int> runs[kMaxDevices];
+  static std::atomic<bool> raised[kMaxDevices];
   const bool cached = device >= 0 && device < kMaxDevices;
-  int s = cached ? state[device].load(std::memory_order_acquire) : 0;
-  if (s == 0) {
-    cudaFuncAttributes attr{};
-    const bool found = cudaFuncGetAttributes(&attr, kernel) == cudaSuccess && attr.binaryVersion == 90;
-    (void)cudaGetLastError();  // a failed query must not linger as the next launch's error
-    if (found) {
-      const cudaError_t opt = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Tl::kSmemBytes);
-      if (opt != cudaSuccess) return opt;
-    }
-    s = found ? 1 : 2;
-    if (cached) state[device].store(s, std::memory_order_release);
+  int r = cached ? runs[device].load(std::memory_order_acquire) : 0;
+  if (r == 0) {
+    r = runs_sm90a_binary(reinterpret_cast<const void*>(kernel)) ? 1 : 2;
+    if (cached) runs[device].store(r, std::memory_order_release);
   }
-  if (s == 2) return cudaErrorNoKernelImageForDevice;
+  if (r == 2) return cudaErrorNoKernelImageForDevice;
+  const cudaError_t e = raise_smem_once(reinterpret_cast<const void*>(kernel), Tl::kSmemBytes, device, raised);
+  if (e != cudaSuccess) return e;
   kernel<<<prefill_grid(p, Tl::kBr), Tl::kThreads, Tl::kSmemBytes, stream>>>(p);
   return cudaGetLastError();
 }

@@ -34,6 +34,7 @@
 #include <type_traits>
 #include <utility>
 
+#include "cuda/common/kernel_setup.h"
 #include "cuda/quant/fp8_gemm_families.h"
 
 namespace kernels::cuda::fp8 {
@@ -63,12 +64,7 @@ struct Sm90aOnly : Kernel {
 // JIT-compiled into the empty kernel above).
 template <class Kernel>
 bool has_sm90a_binary() {
-  static const bool ok = [] {
-    cudaFuncAttributes attr{};
-    const bool found = cudaFuncGetAttributes(&attr, cutlass::device_kernel<Kernel>) == cudaSuccess;
-    cudaGetLastError();  // a failed query must not linger as the next launch's error
-    return found && attr.binaryVersion == 90;
-  }();
+  static const bool ok = runs_sm90a_binary(reinterpret_cast<const void*>(cutlass::device_kernel<Kernel>));
   return ok;
 }
 

@@ -4,6 +4,7 @@
 #include <atomic>
 
 #include "cuda/common/device.h"
+#include "cuda/common/kernel_setup.h"
 #include "cuda/common/launch.cuh"
 #include "cuda/quant/w4a16.h"
 #include "cuda/quant/w4a16_kernel.cuh"
@@ -51,13 +52,9 @@ cudaError_t launch_config(const w4a16::Params& prm, size_t smem, int device, cud
   const auto kernel = w4a16::w4a16_gemm_kernel<T, C>;
   // Raised once per device to the most any launch may ask for, so that no attribute call
   // happens during graph capture.
-  static std::atomic<bool> raised[64];
-  if (device < 0 || device >= 64 || !raised[device].load(std::memory_order_relaxed)) {
-    const cudaError_t e =
-        cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, device_facts(device).smem);
-    if (e != cudaSuccess) return e;
-    if (device >= 0 && device < 64) raised[device].store(true, std::memory_order_relaxed);
-  }
+  static std::atomic<bool> raised[kMaxDevices];
+  const cudaError_t e = raise_smem_once(reinterpret_cast<const void*>(kernel), device_facts(device).smem, device, raised);
+  if (e != cudaSuccess) return e;
   cudaLaunchConfig_t cfg = {};
   cfg.gridDim = dim3(static_cast<unsigned>(ceil_div(prm.n, C::kRows) * prm.splits));
   cfg.blockDim = dim3(C::kThreads);
