@@ -157,6 +157,10 @@ GPU_PREFILL_CASES = [
     ([300, 129, 1], [0, 1000, 77], 16, 8, 2, 128),
     ([257, 64], [0, 3], 64, 4, 4, 64),
     ([100, 70], [500, 0], 16, 4, 2, 256),
+    # Groups of 7 and 3 query heads (tile rows of the wgmma kernel split a token's heads across
+    # tiles), decode rows mixed with prefills as a serving step has them.
+    ([1, 150, 1, 33], [129, 60, 300, 0], 16, 28, 4, 128),
+    ([1, 70, 2], [40, 0, 90], 16, 9, 3, 64),
 ]
 
 

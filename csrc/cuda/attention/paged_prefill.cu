@@ -65,9 +65,9 @@ __global__ void __launch_bounds__(PrefillTiling<D>::kThreads, 2)
   char* kv_s = smem + Tl::kQBytes;  // stage s: K at s * 2 * kKVBytes, V kKVBytes after it
 
   __shared__ int work[2];
-  const int h = blockIdx.y;
   QueryTile w;
-  if (!find_query_tile<T, D, kBr, kBc, kThreads>(p, h, work, w)) return;
+  if (!find_query_tile<T, D, kBr, kBc, kThreads>(p, work, w)) return;
+  const int h = w.first_head(p);  // pack 1: one query head per CTA
   const int q_begin = w.q_begin, q0 = w.q0, rows = w.rows, prefix = w.prefix;
   const int kv_lo = w.kv_lo, kv_hi = w.kv_hi;
   const int32_t* pt = w.pt;
@@ -356,6 +356,7 @@ cudaError_t launch_paged_prefill(void* out, float* lse, const void* q, const voi
   p.page_div = FastDiv(static_cast<uint32_t>(shape.page_size));
   p.max_pages = shape.max_pages;
   p.window = window;
+  p.pack = FastDiv(1);
   p.causal = causal;
   p.q_scale = soft_cap > 0.f ? scale / soft_cap : scale * kLog2e;
   p.cap_log2 = soft_cap > 0.f ? soft_cap * kLog2e : 0.f;

@@ -27,6 +27,13 @@ struct PrefillParams {
   int64_t num_pages;
   FastDiv page_div;  // by page_size
   int total_q, batch, num_heads, num_kv_heads, page_size, max_pages, window;
+  // Query rows per token in a tile: 1 (one query head per CTA: the mma.sync kernel), or the GQA
+  // group (the wgmma kernel: a KV head's query heads as consecutive rows, so that a sequence of a
+  // few new tokens, a decode row of a mixed batch, fills a tile instead of leaving it nearly
+  // empty). CTAs of blockIdx.y = hb own query heads hb * pack .. hb * pack + pack - 1; tile row r
+  // is token r / pack, head r % pack (a FastDiv: plain divisions per row made a short prefill ~10%
+  // slower).
+  FastDiv pack;
   bool causal;
   float q_scale;   // scale * log2(e), or scale / soft_cap
   float cap_log2;  // soft_cap * log2(e), or 0 for no cap
@@ -46,7 +53,7 @@ __device__ void find_work(const PrefillParams& p, int w, int* slot) {
       int nt = 0;
       if (b < p.batch) {
         const int n = p.qo_indptr[b + 1] - p.qo_indptr[b];
-        nt = n > 0 ? (n + kBr - 1) / kBr : 0;
+        nt = n > 0 ? static_cast<int>((static_cast<int64_t>(n) * p.pack.d + kBr - 1) / kBr) : 0;
       }
       int inc = nt;
 #pragma unroll
@@ -73,37 +80,48 @@ __device__ void find_work(const PrefillParams& p, int w, int* slot) {
   __syncthreads();
 }
 
-// A CTA's query tile: rows [q0, q0 + rows) of sequence b's new tokens (global rows from q_begin
-// + q0), at positions prefix + q0 on, attending keys [kv_lo, kv_hi) (kv_lo a multiple of kBc).
+// A CTA's query tile: rows [q0, q0 + rows) of sequence b's new tokens times `pack` (row r is
+// token q_begin + r / pack, query head h0 + r % pack), at positions prefix + r / pack, attending
+// keys [kv_lo, kv_hi) (kv_lo a multiple of kBc).
 struct QueryTile {
   int b, q_begin, q0, rows, prefix, kv_lo, kv_hi;
   const int32_t* pt;  // the sequence's page-table row
+
+  // The tile's first query head (from blockIdx, not kept in a register through the kernel).
+  __device__ __forceinline__ int first_head(const PrefillParams& p) const { return blockIdx.y * p.pack.d; }
+  // (token, query head) of tile row r, and its position.
+  __device__ __forceinline__ int2 token_head(const PrefillParams& p, int r) const {
+    const int i = q0 + r, t = p.pack.div(i);
+    return make_int2(q_begin + t, first_head(p) + i - t * static_cast<int>(p.pack.d));
+  }
+  __device__ __forceinline__ int position(const PrefillParams& p, int r) const { return prefix + p.pack.div(q0 + r); }
 };
 
 // Finds the CTA's query tile (blockIdx.x through find_work; `slot` is two ints of shared memory)
-// for query head h. False when there is nothing to compute: a surplus CTA, or bad input (indptr
-// outside [0, total_q] or decreasing, a kv_len below the query count or beyond the table, a page
-// outside the cache among those the tile would read), for which the CTA has written NaN to its
-// rows of out and lse without reading any key.
+// for query heads blockIdx.y * pack on. False when there is nothing to compute: a surplus CTA, or
+// bad input (indptr outside [0, total_q] or decreasing, a kv_len below the query count or beyond
+// the table, a page outside the cache among those the tile would read), for which the CTA has
+// written NaN to its rows of out and lse without reading any key.
 template <typename T, int D, int kBr, int kBc, int kThreads>
-__device__ bool find_query_tile(const PrefillParams& p, int h, int* slot, QueryTile& w) {
+__device__ bool find_query_tile(const PrefillParams& p, int* slot, QueryTile& w) {
   find_work<kBr>(p, blockIdx.x, slot);
   w.b = slot[0];
   if (w.b < 0) return false;
-  const int tid = threadIdx.x, ps = p.page_size;
+  const int tid = threadIdx.x, ps = p.page_size, pack = p.pack.d;
   w.q_begin = p.qo_indptr[w.b];
   const int q_end = p.qo_indptr[w.b + 1];
   const int n = q_end - w.q_begin;
   const int len = p.kv_lens[w.b];
   w.q0 = slot[1] * kBr;
-  w.rows = min(kBr, n - w.q0);
+  const int64_t rows_left = static_cast<int64_t>(n) * pack - w.q0;
+  w.rows = rows_left < kBr ? static_cast<int>(rows_left) : kBr;
   w.prefix = len - n;  // query j sits at position prefix + j
   bool bad = w.q_begin < 0 || q_end > p.total_q || w.prefix < 0 ||
              static_cast<int64_t>(len) > static_cast<int64_t>(p.max_pages) * ps;
   w.kv_lo = w.kv_hi = 0;
   w.pt = p.page_table + static_cast<int64_t>(w.b) * p.max_pages;
   if (!bad) {
-    const int pos_first = w.prefix + w.q0, pos_last = w.prefix + w.q0 + w.rows - 1;
+    const int pos_first = w.position(p, 0), pos_last = w.position(p, w.rows - 1);
     w.kv_hi = p.causal ? pos_last + 1 : len;
     w.kv_lo = p.window > 0 ? max(0, pos_first - p.window + 1) / kBc * kBc : 0;
     for (int i = w.kv_lo / ps + tid; i < (w.kv_hi + ps - 1) / ps; i += kThreads) {
@@ -116,20 +134,23 @@ __device__ bool find_query_tile(const PrefillParams& p, int h, int* slot, QueryT
   constexpr int kLpt = D / 8;  // 16-byte chunks of a row
   const int64_t q_row_stride = static_cast<int64_t>(p.num_heads) * D;
   const float nan = __int_as_float(0x7fc00000);
-  const int r0 = max(0, w.q_begin + w.q0), r1 = min(p.total_q, w.q_begin + w.q0 + max(w.rows, 0));
-  for (int r = r0 + tid / kLpt; r < r1; r += kThreads / kLpt) {
-    T* o = static_cast<T*>(p.out) + r * q_row_stride + static_cast<int64_t>(h) * D + tid % kLpt * 8;
+  for (int r = tid / kLpt; r < w.rows; r += kThreads / kLpt) {
+    const int2 th = w.token_head(p, r);
+    if (th.x < 0 || th.x >= p.total_q) continue;
+    T* o = static_cast<T*>(p.out) + th.x * q_row_stride + static_cast<int64_t>(th.y) * D + tid % kLpt * 8;
 #pragma unroll
     for (int e = 0; e < 8; ++e) o[e] = static_cast<T>(nan);
-    if (tid % kLpt == 0) p.lse[static_cast<int64_t>(r) * p.num_heads + h] = nan;
+    if (tid % kLpt == 0) p.lse[static_cast<int64_t>(th.x) * p.num_heads + th.y] = nan;
   }
   return false;
 }
 
 // The grid of a prefill launch with kBr query rows per CTA: an upper bound on the sum of the
-// sequences' query tiles (find_work maps CTAs to tiles; surplus CTAs exit), by query heads.
+// sequences' query tiles (find_work maps CTAs to tiles; surplus CTAs exit), by groups of `pack`
+// query heads.
 inline dim3 prefill_grid(const PrefillParams& p, int kBr) {
-  return dim3(static_cast<unsigned>((static_cast<int64_t>(p.total_q) + kBr - 1) / kBr + p.batch), p.num_heads);
+  const int64_t rows = static_cast<int64_t>(p.total_q) * p.pack.d;
+  return dim3(static_cast<unsigned>((rows + kBr - 1) / kBr + p.batch), p.num_heads / p.pack.d);
 }
 
 // The sm_90a (wgmma) launch for head_dim 64 / 128 in bf16 / fp16 (Dtype as in dtype.h);

@@ -56,9 +56,8 @@ __global__ void __launch_bounds__(Sm90Tiling<D>::kThreads, 1)
   // full[s]: stage s holds its tile (the producer's 128 threads arrive); empty[s]: the
   // consumers' 256 threads are done with it.
   __shared__ uint64_t full[kStages], empty[kStages];
-  const int h = blockIdx.y;
   QueryTile w;
-  if (!find_query_tile<T, D, kBr, kBc, kThreads>(p, h, work, w)) return;
+  if (!find_query_tile<T, D, kBr, kBc, kThreads>(p, work, w)) return;
   if (threadIdx.x == 0) {
     for (int s = 0; s < kStages; ++s) {
       mbarrier_init(&full[s], 128);
@@ -85,18 +84,16 @@ __global__ void __launch_bounds__(Sm90Tiling<D>::kThreads, 1)
     constexpr int kRowsPerPass = 128 / kLpt;
     constexpr int kLoads = kBc / kRowsPerPass;
     const int c = tid % kLpt, ps = p.page_size;
-    {
-      const T* qg = static_cast<const T*>(p.q) + static_cast<int64_t>(h) * D + c * 8;
-      for (int r = tid / kLpt; r < kBr; r += kRowsPerPass) {
-        const bool valid = r < w.rows;
-        const T* src = qg + (valid ? (w.q_begin + w.q0 + r) * q_row_stride : 0);
-        cp_async_16(qs + tile_offset<kBr>(r, c), src, valid);
-      }
+    for (int r = tid / kLpt; r < kBr; r += kRowsPerPass) {
+      const bool valid = r < w.rows;
+      const int2 th = w.token_head(p, r);
+      const T* src = static_cast<const T*>(p.q) + (valid ? th.x * q_row_stride + th.y * D + c * 8 : 0);
+      cp_async_16(qs + tile_offset<kBr>(r, c), src, valid);
     }
     const T* kc = static_cast<const T*>(p.k_cache);
     const T* vc = static_cast<const T*>(p.v_cache);
     const int64_t token_stride = static_cast<int64_t>(p.num_kv_heads) * D;
-    const int kvh = h / (p.num_heads / p.num_kv_heads);
+    const int kvh = w.first_head(p) / (p.num_heads / p.num_kv_heads);
     const int64_t head_off = static_cast<int64_t>(kvh) * D + c * 8;
     const int row0_load = kLoads * (tid / kLpt);
     const bool page_blocks = ps % kLoads == 0;
@@ -146,8 +143,10 @@ __global__ void __launch_bounds__(Sm90Tiling<D>::kThreads, 1)
   float m[2] = {kNoMax, kNoMax}, l[2] = {0.f, 0.f};
   const bool has_cap = p.cap_log2 > 0.f;
   const float s_scale = has_cap ? 1.f : p.q_scale;  // applied inside the exp2's fma
-  const int pos0 = w.prefix + w.q0;                 // position of the tile's row 0
-  const int wg_first = pos0 + 64 * cw, wg_last = wg_first + 63;
+  // Positions of the warpgroup's first and last rows (the last found again where needed: one
+  // register more through the loop spills).
+  const int wg_first = w.position(p, 64 * cw);
+  auto wg_last = [&] { return w.position(p, 64 * cw + 63); };
   const bool wg_has_rows = 64 * cw < w.rows;
   // Descriptors of stage 0 (a stage or k-step adds its byte offset / 16 to the address field).
   const uint64_t q_desc = sw128_desc(smem_addr(qs) + cw * 64 * 128);  // the warpgroup's rows
@@ -183,7 +182,7 @@ __global__ void __launch_bounds__(Sm90Tiling<D>::kThreads, 1)
   // The tiles this warpgroup computes: all, or (causal) those up to its last row; the rest it
   // only releases. The first goes alone, the others each with the previous tile's P V.
   const int n_active = !wg_has_rows ? 0
-                       : p.causal ? min(n_tiles, (wg_last - w.kv_lo) / kBc + 1)
+                       : p.causal ? min(n_tiles, (wg_last() - w.kv_lo) / kBc + 1)
                                   : n_tiles;
   auto step = [&](int tile, auto first_tile) {
     constexpr bool kFirst = decltype(first_tile)::value;
@@ -212,7 +211,7 @@ __global__ void __launch_bounds__(Sm90Tiling<D>::kThreads, 1)
 
     // Whether any (row, key) pair of the warpgroup's rows is masked in this tile.
     const bool masked = key0 + kBc > w.kv_hi || (p.causal && key0 + kBc - 1 > wg_first) ||
-                        (p.window > 0 && key0 <= wg_last - p.window);
+                        (p.window > 0 && key0 <= wg_last() - p.window);
     float corr[2];
     bool rescale = false;
     // s[4j + 2 half + e] is S[row0 + 8 half][key0 + 8j + 2t + e].
@@ -220,7 +219,7 @@ __global__ void __launch_bounds__(Sm90Tiling<D>::kThreads, 1)
       constexpr bool kGeneral = decltype(general)::value;
 #pragma unroll
       for (int half = 0; half < 2; ++half) {
-        const int pos = pos0 + row0 + 8 * half;
+        const int pos = w.position(p, row0 + 8 * half);
         float mx = -INFINITY;
 #pragma unroll
         for (int j = 0; j < kBc / 8; ++j) {
@@ -297,13 +296,14 @@ __global__ void __launch_bounds__(Sm90Tiling<D>::kThreads, 1)
     sum += __shfl_xor_sync(0xffffffffu, sum, 2);
     const float inv = 1.f / sum;
     const int row = row0 + 8 * half;
+    const int2 th = w.token_head(p, row);
 #pragma unroll
     for (int j = 0; j < D / 8; ++j) {
       *reinterpret_cast<uint32_t*>(qs + tile_offset<kBr>(row, j) + 4 * t) =
           pack2<T>(o[4 * j + 2 * half] * inv, o[4 * j + 2 * half + 1] * inv);
     }
     if (t == 0 && row < w.rows) {
-      p.lse[static_cast<int64_t>(w.q_begin + w.q0 + row) * p.num_heads + h] = (m[half] + __log2f(sum)) * kLn2;
+      p.lse[static_cast<int64_t>(th.x) * p.num_heads + th.y] = (m[half] + __log2f(sum)) * kLn2;
     }
   }
   __syncwarp();
@@ -311,7 +311,8 @@ __global__ void __launch_bounds__(Sm90Tiling<D>::kThreads, 1)
   for (int u = lane; u < 16 * kLpt; u += 32) {
     const int row = warp_row0 + u / kLpt, ch = u % kLpt;
     if (row < w.rows) {
-      T* dst = static_cast<T*>(p.out) + (w.q_begin + w.q0 + row) * q_row_stride + static_cast<int64_t>(h) * D + ch * 8;
+      const int2 th = w.token_head(p, row);
+      T* dst = static_cast<T*>(p.out) + th.x * q_row_stride + th.y * D + ch * 8;
       *reinterpret_cast<uint4*>(dst) = *reinterpret_cast<const uint4*>(qs + tile_offset<kBr>(row, ch));
     }
   }
@@ -351,8 +352,10 @@ cudaError_t launch_dtype(const PrefillParams& p, int head_dim, int device, cudaS
 
 cudaError_t launch_paged_prefill_sm90(const PrefillParams& p, int head_dim, bool bf16, int device,
                                       cudaStream_t stream) {
-  return bf16 ? launch_dtype<__nv_bfloat16>(p, head_dim, device, stream)
-              : launch_dtype<__half>(p, head_dim, device, stream);
+  PrefillParams packed = p;  // a KV head's query heads share its tiles
+  packed.pack = FastDiv(static_cast<uint32_t>(p.num_heads / p.num_kv_heads));
+  return bf16 ? launch_dtype<__nv_bfloat16>(packed, head_dim, device, stream)
+              : launch_dtype<__half>(packed, head_dim, device, stream);
 }
 
 }  // namespace kernels::cuda::prefill
