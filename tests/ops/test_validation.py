@@ -152,3 +152,26 @@ def test_zero_tokens_give_empty_result(op):
     x = torch.randn(0, 64)
     out = kernels.rms_norm(x, torch.randn(64)) if op == "rms_norm" else getattr(kernels, op)(x)
     assert out.shape == ((0, 64) if op == "rms_norm" else (0, 32))
+
+
+def test_value_checks_look_again_after_an_in_place_write():
+    # The CPU value checks skip tensors they accepted unchanged (the engine passes every layer the
+    # same ones); a write through torch bumps the version counter, and the next call checks again.
+    k_cache, v_cache = torch.randn(4, 16, 1, 64), torch.randn(4, 16, 1, 64)
+    q, k, v = torch.randn(1, 2, 64), torch.randn(1, 1, 64), torch.randn(1, 1, 64)
+    table, lens = torch.tensor([[0, 1]], dtype=torch.int32), torch.tensor([20], dtype=torch.int32)
+    slots, positions, cos_sin = torch.tensor([19]), torch.tensor([19]), torch.randn(32, 64)
+
+    kernels.paged_decode_attention(q, k_cache, v_cache, table, lens)
+    kernels.store_kv_cache(k, v, k_cache, v_cache, slots)
+    kernels.rotary_embedding_(positions, q, k, cos_sin)
+    table[0, 1] = 4
+    slots[0] = 64
+    positions[0] = 32
+    with pytest.raises(ValueError, match="page_table"):
+        kernels.paged_decode_attention(q, k_cache, v_cache, table, lens)
+    with pytest.raises(ValueError, match="slot_mapping"):
+        kernels.store_kv_cache(k, v, k_cache, v_cache, slots)
+    with pytest.raises(ValueError, match="positions"):
+        kernels.rotary_embedding_(positions, q, k, cos_sin)
+

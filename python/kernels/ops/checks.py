@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import weakref
 
 import torch
 
@@ -57,6 +58,38 @@ def tracing() -> bool:
     """Inside torch.compile's trace: data pointers and tensor values are not known, so checks that
     need them are skipped (the kernels' own bounds checks still hold)."""
     return torch.compiler.is_compiling()
+
+
+class CheckedTensors:
+    """The tensors a value check last accepted, with the bounds it held them to.
+
+    A check that reads values (a host reduction of several microseconds) need not read the same
+    unchanged tensors again: the engine hands every layer of a step the same positions, slots, page
+    table and lengths. Unchanged means the same tensor objects at the same version counters (torch
+    bumps a tensor's counter, shared with its views, on every in-place write, and on every in-place
+    change of shape or strides). Inference-mode tensors have no counter and are always checked.
+    """
+
+    def __init__(self) -> None:
+        self._last: tuple = ((), None)
+
+    @staticmethod
+    def _state(tensors, bounds):
+        if any(t.is_inference() for t in tensors):
+            return None
+        return tuple(t._version for t in tensors), bounds
+
+    def seen(self, tensors: tuple[torch.Tensor, ...], bounds: tuple) -> bool:
+        refs, state = self._last
+        return (
+            state is not None
+            and len(refs) == len(tensors)
+            and all(r() is t for r, t in zip(refs, tensors))
+            and state == self._state(tensors, bounds)
+        )
+
+    def remember(self, tensors: tuple[torch.Tensor, ...], bounds: tuple) -> None:
+        self._last = (tuple(weakref.ref(t) for t in tensors), self._state(tensors, bounds))
 
 
 def heads_contiguous(name: str, t: torch.Tensor) -> None:
