@@ -174,4 +174,3 @@ def test_value_checks_look_again_after_an_in_place_write():
         kernels.store_kv_cache(k, v, k_cache, v_cache, slots)
     with pytest.raises(ValueError, match="positions"):
         kernels.rotary_embedding_(positions, q, k, cos_sin)
-

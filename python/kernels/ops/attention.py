@@ -81,11 +81,9 @@ def _check_pages_on_cpu(page_table, lengths, page_size: int, num_pages: int, wha
     """Bounds of lengths and of the page indices they reach; only where reading them is free."""
     if checks.tracing() or page_table.device.type != "cpu" or lengths.numel() == 0:
         return
-    tensors, bounds = (page_table, lengths), (page_size, num_pages)
-    if _PAGES_CHECKED.seen(tensors, bounds):
-        return
-    _check_pages(page_table, lengths, page_size, num_pages, what)
-    _PAGES_CHECKED.remember(tensors, bounds)
+    _PAGES_CHECKED.check_once(
+        (page_table, lengths), (page_size, num_pages), lambda: _check_pages(page_table, lengths, page_size, num_pages, what)
+    )
 
 
 def _check_pages(page_table, lengths, page_size: int, num_pages: int, what: str) -> None:
@@ -146,12 +144,13 @@ def check_store(k, v, k_cache, v_cache, slot_mapping) -> None:
     checks.dim_size("slot_mapping", slot_mapping, 0, k.shape[0], "num_tokens of k")
     if not checks.tracing() and slot_mapping.device.type == "cpu" and slot_mapping.numel():
         slots = k_cache.shape[0] * k_cache.shape[1]
-        if _SLOTS_CHECKED.seen((slot_mapping,), (slots,)):
-            return
-        lo, hi = (int(x) for x in torch.aminmax(slot_mapping))
-        if lo < -1 or hi >= slots:
-            raise ValueError(f"slot_mapping must lie in [-1, {slots}) (-1 skips a token); got values in [{lo}, {hi}]")
-        _SLOTS_CHECKED.remember((slot_mapping,), (slots,))
+
+        def check_slots() -> None:
+            lo, hi = (int(x) for x in torch.aminmax(slot_mapping))
+            if lo < -1 or hi >= slots:
+                raise ValueError(f"slot_mapping must lie in [-1, {slots}) (-1 skips a token); got values in [{lo}, {hi}]")
+
+        _SLOTS_CHECKED.check_once((slot_mapping,), (slots,), check_slots)
 
 
 def paged_decode_attention(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import weakref
+from typing import Callable
 
 import torch
 
@@ -79,17 +80,15 @@ class CheckedTensors:
             return None
         return tuple(t._version for t in tensors), bounds
 
-    def seen(self, tensors: tuple[torch.Tensor, ...], bounds: tuple) -> bool:
-        refs, state = self._last
-        return (
-            state is not None
-            and len(refs) == len(tensors)
-            and all(r() is t for r, t in zip(refs, tensors))
-            and state == self._state(tensors, bounds)
-        )
-
-    def remember(self, tensors: tuple[torch.Tensor, ...], bounds: tuple) -> None:
-        self._last = (tuple(weakref.ref(t) for t in tensors), self._state(tensors, bounds))
+    def check_once(self, tensors: tuple[torch.Tensor, ...], bounds: tuple, check: Callable[[], None]) -> None:
+        """Run ``check`` (which raises on bad values) unless these tensors passed it unchanged last
+        time with the same bounds; remember them once it passes."""
+        state = self._state(tensors, bounds)
+        refs, last = self._last
+        if state is not None and state == last and all(r() is t for r, t in zip(refs, tensors)):
+            return
+        check()
+        self._last = (tuple(weakref.ref(t) for t in tensors), state)
 
 
 def heads_contiguous(name: str, t: torch.Tensor) -> None:

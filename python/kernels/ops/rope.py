@@ -138,11 +138,14 @@ _POSITIONS_CHECKED = checks.CheckedTensors()
 def _check_memory(positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor, max_position: int) -> None:
     if q.numel() and k.numel() and _overlap(q, k):
         raise ValueError("q and k must not overlap in memory: both are rotated in place")
-    if positions.device.type == "cpu" and positions.numel() and not _POSITIONS_CHECKED.seen((positions,), (max_position,)):
-        lo, hi = (int(x) for x in torch.aminmax(positions))
-        if lo < 0 or hi >= max_position:
-            raise ValueError(f"positions must lie in [0, {max_position}) (the rows of cos_sin_cache); got [{lo}, {hi}]")
-        _POSITIONS_CHECKED.remember((positions,), (max_position,))
+    if positions.device.type == "cpu" and positions.numel():
+        _POSITIONS_CHECKED.check_once((positions,), (max_position,), lambda: _check_positions(positions, max_position))
+
+
+def _check_positions(positions: torch.Tensor, max_position: int) -> None:
+    lo, hi = (int(x) for x in torch.aminmax(positions))
+    if lo < 0 or hi >= max_position:
+        raise ValueError(f"positions must lie in [0, {max_position}) (the rows of cos_sin_cache); got [{lo}, {hi}]")
 
 
 def _overlap(a: torch.Tensor, b: torch.Tensor) -> bool:
