@@ -74,6 +74,10 @@ def test_offline_runs_and_writes_a_record(tiny_config, tmp_path, capsys):
         assert rec[key] > 0, key
     assert rec["ceiling"] == "roofline_tokens_per_s"
     assert rec["tokens_per_s"] == pytest.approx(3 * 5 / rec["wall_s"], rel=1e-3)
+    # Three timed runs by default; the headline is the median one.
+    assert len(rec["runs_tokens_per_s"]) == 3
+    assert rec["tokens_per_s"] == pytest.approx(sorted(rec["runs_tokens_per_s"])[1], rel=1e-3)
+    assert "--repeats 3" in doc["command"] and "median of 3 runs" in doc["timing"]["what"]
     assert rec["total_tokens_per_s"] == pytest.approx(3 * 13 / rec["wall_s"], rel=1e-3)
     assert rec["fraction"] == pytest.approx(rec["tokens_per_s"] / rec["roofline_tokens_per_s"], rel=1e-2)
     roof = rec["roofline"]
@@ -95,10 +99,12 @@ def test_offline_runs_and_writes_a_record(tiny_config, tmp_path, capsys):
 def test_json_file_path_and_no_peers(tiny_config, tmp_path):
     path = tmp_path / "x" / "mine.json"
     rc = offline.main(["--model", tiny_config, "--load-format", "dummy", "--device", "cpu", "--num-requests", "1",
-                       "--input-len", "4", "--output-len", "3", "--peers", "none", "--no-warmup", "--json", str(path)])
+                       "--input-len", "4", "--output-len", "3", "--peers", "none", "--no-warmup", "--repeats", "1",
+                       "--json", str(path)])
     assert rc == 0
     rec = json.loads(path.read_text())["results"][0]
     assert rec["peers"] == {} and rec["vs_peer"] is None and rec["warmup"] is False
+    assert len(rec["runs_tokens_per_s"]) == 1  # --repeats 1 below
 
 
 def test_workload_defaults():
@@ -114,6 +120,7 @@ def test_workload_defaults():
     [
         (["--num-requests", "0"], "--num-requests must be at least 1"),
         (["--output-len", "-3"], "--output-len must be at least 1"),
+        (["--repeats", "0"], "--repeats must be at least 1"),
         (["--peers", "vllm"], "unknown peer 'vllm'"),
         (["--peers", ","], "--peers is empty"),
         (["--load-format", "dummy"], "--load-format dummy needs --model"),
