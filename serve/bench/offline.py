@@ -20,8 +20,7 @@ What one run does, in this order, in one process:
    first on the peer's, so its tokens can be compared): wall clock from the submission of the
    requests until the last one finishes (``torch.cuda.synchronize`` around it on CUDA). The
    headline numbers are the median run's (the lower middle one for an even count); every run's
-   tokens/s is in the record, so the spread is on file (one run of the 64 x 128 x 128 workload moved
-   by +-1.5% between runs on an H100).
+   tokens/s is in the record, so the spread inside the process is on file.
 
 Reported: output tokens/s (the headline ``tokens_per_s``), total tokens/s (prompt + output),
 requests/s, wall time, mean time to first token and mean time per output token after the first
