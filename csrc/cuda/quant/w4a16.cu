@@ -14,7 +14,7 @@ namespace {
 
 int log2_of(int pow2) { return 31 - __builtin_clz(static_cast<unsigned>(pow2)); }
 
-// Fills the tiling-dependent parameters of C; returns the deepest ring (up to kMaxStages, no
+// Fills the tiling-dependent parameters of C; returns the deepest ring (up to C::kMaxDepth, no
 // deeper than the CTA's stages need) that fits the device's shared memory, and its bytes.
 template <typename C>
 int plan(w4a16::Params& prm, const DeviceFacts& dev, size_t& smem) {
@@ -41,7 +41,7 @@ int plan(w4a16::Params& prm, const DeviceFacts& dev, size_t& smem) {
   const size_t part = static_cast<size_t>(C::WK) * prm.m * C::kPartStride * sizeof(float);
   const size_t stage = static_cast<size_t>(C::kWeightBytes) + prm.a_stage_bytes + prm.param_raw_bytes;
   const int depth = std::min({static_cast<int>(static_cast<size_t>(dev.smem) / stage),
-                              static_cast<int>(w4a16::kMaxStages), prm.stages_per_cta + 1});
+                              static_cast<int>(C::kMaxDepth), prm.stages_per_cta + 1});
   prm.pipeline = depth;
   smem = std::max(part, depth * stage);
   return smem <= static_cast<size_t>(dev.smem) ? depth : 0;
@@ -86,9 +86,13 @@ cudaError_t launch_either(w4a16::Params prm, int device, cudaStream_t stream) {
 template <typename T>
 cudaError_t launch_typed(const w4a16::Params& prm, int device, cudaStream_t stream) {
   using w4a16::Config;
-  // From the H100 runs (benchmarks/NOTES.md): 16 warps of 2 tiles for M <= 8 beat 8 warps of 4
-  // and 512-k stages; for M <= 16, 128 channels per CTA timed like 64 with 1024-k stages, and
-  // re-read half as much of a and keep three stages at group 32.
+  // From the H100 runs (benchmarks/NOTES.md): for M <= 4, CTAs of 32 channels and 8 warps with a
+  // ring of 3 stages (two or three CTAs to an SM) beat one CTA of 64 channels and 16 warps with
+  // the deepest ring (M 1: 17.7 against 20.0 us at N = K = 8192; M 8: 19.8 against 18.4, so
+  // not beyond 4 tokens); for M <= 8, 16 warps of 2 tiles beat 8 warps of 4 and 512-k stages;
+  // for M <= 16, 128 channels per CTA timed like 64 with 1024-k stages, and re-read half as much
+  // of a and keep three stages at group 32.
+  if (prm.m <= 4) return launch_either<T, Config<1, 2, 1, 8, 3>, Config<1, 2, 1, 4, 3>>(prm, device, stream);
   if (prm.m <= 8) return launch_either<T, Config<1, 2, 2, 8>, Config<1, 2, 2, 4>>(prm, device, stream);
   if (prm.m <= 16) return launch_either<T, Config<2, 4, 2, 4>, Config<2, 2, 2, 4>>(prm, device, stream);
   return launch_either<T, Config<4, 2, 2, 4>, Config<4, 2, 2, 2>>(prm, device, stream);

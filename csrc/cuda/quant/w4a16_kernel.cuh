@@ -56,10 +56,11 @@ constexpr int kMaxStages = 8;
 // phase of a 16-byte shared load (tokens g, g + 1; c = 0..3) then cover all 32 banks.
 constexpr int kRowPadA = 64;
 
-// MT 8-token tiles; warps WN along N (TW 16-channel tiles each) x WK along K (one chunk each).
-template <int MT_, int TW_, int WN_, int WK_>
+// MT 8-token tiles; warps WN along N (TW 16-channel tiles each) x WK along K (one chunk each);
+// a copy ring of at most DEPTH stages (fewer where shared memory or K runs out).
+template <int MT_, int TW_, int WN_, int WK_, int DEPTH_ = kMaxStages>
 struct Config {
-  static constexpr int MT = MT_, TW = TW_, WN = WN_, WK = WK_;
+  static constexpr int MT = MT_, TW = TW_, WN = WN_, WK = WK_, kMaxDepth = DEPTH_;
   static constexpr int kThreads = 32 * WN * WK;
   static constexpr int kRows = 16 * TW * WN;        // output channels per CTA
   static constexpr int kStageK = kChunk * WK;       // k per stage
@@ -68,6 +69,8 @@ struct Config {
   static constexpr int kWeightBytes = kRows * kRowBytes;
   static constexpr int kPartStride = kRows + 4;     // floats per token of a warp's sums (no conflicts)
   static_assert(kUnits >= 8, "the 8-way swizzle needs 8 units per row");
+  // A lane converts the group terms of one row in each 32 of its warp's (TW 1 read past them).
+  static_assert(TW % 2 == 0, "warps own whole 32-row blocks");
 };
 
 struct Params {
