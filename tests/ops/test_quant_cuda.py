@@ -44,9 +44,9 @@ def test_token_tiles_and_edges(dtype, group, mode):
 @pytest.mark.parametrize(
     "m,n,k,group",
     [
-        (1, 8192, 8192, 128),  # the decode shape of the benchmark: 4 CTAs per cluster
+        (1, 8192, 8192, 128),  # the decode shape of the benchmark (256 CTAs of 32 channels)
         (16, 8192, 8192, 128),
-        (4, 1024, 8192, 32),  # few channel blocks: 8 CTAs per cluster
+        (4, 1024, 8192, 32),  # few channel blocks: a cluster of 2 CTAs splits K
         (32, 4096, 4096, 64),  # 4 token tiles
         (5, 1000, 14336 + 32, 32),  # N with a partial tile, K with a partial chunk, split
     ],
