@@ -41,7 +41,7 @@ int plan(w4a16::Params& prm, const DeviceFacts& dev, size_t& smem) {
   const size_t part = static_cast<size_t>(C::WK) * prm.m * C::kPartStride * sizeof(float);
   const size_t stage = static_cast<size_t>(C::kWeightBytes) + prm.a_stage_bytes + prm.param_raw_bytes;
   const int depth = std::min({static_cast<int>(static_cast<size_t>(dev.smem) / stage),
-                              static_cast<int>(C::kMaxDepth), prm.stages_per_cta + 1});
+                              C::kMaxDepth, prm.stages_per_cta + 1});
   prm.pipeline = depth;
   smem = std::max(part, depth * stage);
   return smem <= static_cast<size_t>(dev.smem) ? depth : 0;
