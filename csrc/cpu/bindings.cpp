@@ -374,6 +374,8 @@ std::tuple<Tensor, Tensor> paged_prefill_attention(Tensor q, Tensor k_cache, Ten
                                                    int64_t window, double soft_cap) {
   constexpr const char* op = "paged_prefill_attention";
   const CacheShape c = check_cache(k_cache, v_cache, op);
+  // A strided q (the q slice of a fused qkv) is copied, as the decode does.
+  if (q.dim() == 3 && !q.is_contiguous()) q = torch::stable::contiguous(q);
   const DType dtype = check_query(q, k_cache, c, op);
   const int64_t total_q = q.size(0), heads = q.size(1);
   check_int32(page_table, 2, "page_table", op);

@@ -390,7 +390,6 @@ std::tuple<Tensor, Tensor> paged_prefill_attention(Tensor q, Tensor k_cache, Ten
   const int32_t device = q.get_device_index();
   const int64_t batch = page_table.size(0), total_q = q.size(0);
   const AttentionShape a = check_attention(q, k_cache, v_cache, page_table, batch, op);
-  KERNELS_CHECK(q.is_contiguous(), op, ": q must be contiguous");
   check_lengths(qo_indptr, batch + 1, device, "qo_indptr", op);
   check_lengths(kv_lens, batch, device, "kv_lens", op);
   const int window_i = check_window(window, op);
@@ -398,10 +397,15 @@ std::tuple<Tensor, Tensor> paged_prefill_attention(Tensor q, Tensor k_cache, Ten
   Tensor out = torch::stable::new_empty(q, {total_q, a.heads, a.head_dim});
   Tensor lse = torch::stable::new_empty(q, {total_q, a.heads}, ScalarType::Float);
   if (total_q == 0 || batch == 0) return std::make_tuple(out, lse);
+  // A strided q (the q slice of a fused qkv) is read in place when its rows stay 16-byte
+  // aligned, as in the decode.
+  const bool copy_q = a.q_stride % 8 != 0;
+  if (copy_q) q = torch::stable::contiguous(q);
   const PrefillShape shape{static_cast<int>(total_q),     static_cast<int>(batch),
                            static_cast<int>(a.heads),     static_cast<int>(a.kv_heads),
                            static_cast<int>(a.head_dim),  static_cast<int>(a.page_size),
-                           static_cast<int>(a.max_pages), k_cache.size(0)};
+                           static_cast<int>(a.max_pages), k_cache.size(0),
+                           copy_q ? a.heads * a.head_dim : a.q_stride};
   const DeviceGuard guard(device);
   check_launch(launch_paged_prefill(out.mutable_data_ptr(), static_cast<float*>(lse.mutable_data_ptr()),
                                     q.const_data_ptr(), k_cache.const_data_ptr(), v_cache.const_data_ptr(),

@@ -205,13 +205,14 @@ class CausalLM(nn.Module):
         kernels.rotary_embedding_and_store_kv_(
             batch.positions, q, k, v, self.cos_sin_cache, k_cache, v_cache, batch.slot_mapping, True
         )
-        if batch.is_decode:  # reads q in place, a strided view of qkv
+        # Both read q in place, a strided view of qkv.
+        if batch.is_decode:
             out = kernels.paged_decode_attention(
                 q, k_cache, v_cache, batch.page_table, batch.kv_lens, sliding_window=c.sliding_window
             )
         else:
             out = kernels.paged_prefill_attention(
-                q.contiguous(), k_cache, v_cache, batch.page_table, batch.qo_indptr, batch.kv_lens, causal=True,
+                q, k_cache, v_cache, batch.page_table, batch.qo_indptr, batch.kv_lens, causal=True,
                 sliding_window=c.sliding_window,
             )
         return linear(out.view(n, layer.q_size), layer.o_proj)

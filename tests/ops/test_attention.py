@@ -152,6 +152,29 @@ def test_prefill(device, backend, case, causal, dtype_index):
     assert_close(lse, ref_lse, torch.float32 if dtype == torch.float32 else torch.bfloat16, "lse")
 
 
+@pytest.mark.parametrize("device,backend", device_backend_params())
+@pytest.mark.parametrize("pad", [2 * 64 + 2 * 64, 4])
+def test_prefill_reads_q_from_a_fused_qkv_row(device, backend, pad):
+    # q as the model gets it: the first heads of each [tokens, q + k + v] row (read in place), or
+    # rows 4 elements longer than q (not 16-byte aligned: the CUDA binding copies them).
+    dtype = _dtypes_for(device, backend)[0]
+    new, prefix, page_size, heads, kv_heads, head_dim = [17, 1, 40], [0, 15, 33], 16, 8, 2, 64
+    lengths = [n + p for n, p in zip(new, prefix)]
+    k_cache, v_cache = make_cache(_pages_needed(lengths, page_size), page_size, kv_heads, head_dim, dtype, device)
+    table = make_page_table(lengths, page_size, k_cache.shape[0], device, share=False)
+    qo_indptr = torch.tensor([0, *torch.tensor(new).cumsum(0).tolist()], dtype=torch.int32, device=device)
+    kv_lens = torch.tensor(lengths, dtype=torch.int32, device=device)
+    rows = torch.randn(sum(new), heads * head_dim + pad, dtype=dtype, device=device)
+    q = rows[:, : heads * head_dim].view(sum(new), heads, head_dim)
+    assert not q.is_contiguous()
+    args = (q, k_cache, v_cache, table, qo_indptr, kv_lens)
+    ref_out, ref_lse = reference.paged_prefill_attention(*args, head_dim**-0.5, True, -1, 0.0)
+    with kernels.backend(backend):
+        out, lse = kernels.paged_prefill_attention(*args, return_lse=True)
+    assert_close(out, ref_out, dtype)
+    assert_close(lse, ref_lse, torch.float32 if dtype == torch.float32 else torch.bfloat16, "lse")
+
+
 GPU_PREFILL_CASES = [
     # Several query tiles per sequence, long prefixes, ragged: (new, prefix, page, heads, kv_heads, dim)
     ([300, 129, 1], [0, 1000, 77], 16, 8, 2, 128),
@@ -182,7 +205,9 @@ def test_prefill_many_tiles_on_gpu(monkeypatch, backend, cuda_isa, case, causal,
     table = make_page_table(lengths, page_size, k_cache.shape[0], "cuda", share=False)
     qo_indptr = torch.tensor([0, *torch.tensor(new).cumsum(0).tolist()], dtype=torch.int32, device="cuda")
     kv_lens = torch.tensor(lengths, dtype=torch.int32, device="cuda")
-    q = torch.randn(sum(new), heads, head_dim, dtype=torch.bfloat16, device="cuda")
+    # q as a strided view of fused qkv rows (the model's), read in place.
+    q = torch.randn(sum(new), (heads + 2 * kv_heads) * head_dim, dtype=torch.bfloat16, device="cuda")
+    q = q[:, : heads * head_dim].view(sum(new), heads, head_dim)
     args = (q, k_cache, v_cache, table, qo_indptr, kv_lens)
     ref_out, ref_lse = reference.paged_prefill_attention(*args, head_dim**-0.5, causal, window, soft_cap)
     with kernels.backend(backend):
@@ -392,6 +417,9 @@ def test_prefill_bad_indptr_and_lengths_raise():
     ):
         with pytest.raises(ValueError, match=name):
             kernels.paged_prefill_attention(q, k_cache, v_cache, table, **{**good, **overrides})
+    # Tokens may be strided (a fused qkv); heads and dims may not.
+    with pytest.raises(ValueError, match="q"):
+        kernels.paged_prefill_attention(torch.randn(6, 64, 4).transpose(1, 2), k_cache, v_cache, table, **good)
 
 
 def test_store_bad_slot_raises():

@@ -278,6 +278,16 @@ def test_prefill_head_dims(head_dim, dtype):
     assert_lse_close(lse, ref_lse)
 
 
+def test_prefill_reads_q_from_a_fused_qkv_row():
+    # q as the model gets it: the first heads of each token's [q + k + v] row, read in place.
+    paged, _, indptr = prefill_inputs(PREFILL_SEQS, 16, (8, 2), 64, torch.float32)
+    rows = randn(int(indptr[-1]), 8 * 64 + 2 * 2 * 64, dtype=torch.float32)
+    q = rows[:, : 8 * 64].view(-1, 8, 64)
+    out, lse, ref_out, ref_lse = run_prefill(paged, q, indptr, True, None)
+    assert_close(out, ref_out)
+    assert_lse_close(lse, ref_lse)
+
+
 def test_prefill_of_one_token_equals_decode():
     paged, q, indptr = prefill_inputs([(1, 9), (1, 33), (1, 1)], 16, (4, 2), 64, torch.float32)
     with kernels.backend("triton"):

@@ -41,9 +41,10 @@ cudaError_t launch_paged_decode(void* out, float* lse, float* part_out, float* p
 struct PrefillShape {
   int total_q, batch, num_heads, num_kv_heads, head_dim, page_size, max_pages;
   int64_t num_pages;
+  int64_t q_stride;  // elements from one token's q to the next: >= num_heads * head_dim, multiple of 8
 };
 
-// q [total_q, num_heads, head_dim] (contiguous) -> out (q's dtype, bf16 / fp16), lse [total_q,
+// q [total_q, num_heads, head_dim] (heads contiguous, tokens q_stride apart) -> out (q's dtype, bf16 / fp16), lse [total_q,
 // num_heads] float32; qo_indptr [batch + 1], kv_lens [batch] int32 on the device. With
 // allow_sm90a, the wgmma kernel where the device and build have it (head_dim 64 / 128), else
 // the mma.sync kernel.

@@ -75,7 +75,7 @@ __global__ void __launch_bounds__(PrefillTiling<D>::kThreads, 2)
   const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
   const int g = lane / 4, t = lane % 4;  // mma fragment row / column pair
   const int ps = p.page_size;
-  const int64_t q_row_stride = static_cast<int64_t>(p.num_heads) * D;
+  const int64_t out_row_stride = static_cast<int64_t>(p.num_heads) * D;
 
   // Loads. Q: rows of this tile (zero past the sequence's queries). K / V: row r of a tile is
   // token tile_start + r; each thread copies chunk tid % kLpt of rows tid / kLpt + i * kRowsPerPass.
@@ -85,7 +85,7 @@ __global__ void __launch_bounds__(PrefillTiling<D>::kThreads, 2)
     const T* qg = static_cast<const T*>(p.q) + static_cast<int64_t>(h) * D + c * 8;
     for (int r = tid / kLpt; r < kBr; r += kRowsPerPass) {
       const bool valid = r < rows;
-      const T* src = qg + (valid ? (q_begin + q0 + r) * q_row_stride : 0);
+      const T* src = qg + (valid ? (q_begin + q0 + r) * p.q_stride : 0);
       cp_async_16(qs + swz<D>(r, c), src, valid);
     }
   }
@@ -304,7 +304,7 @@ __global__ void __launch_bounds__(PrefillTiling<D>::kThreads, 2)
   for (int u = lane; u < 16 * kMT * kLpt; u += 32) {
     const int row = wr0 + u / kLpt, ch = u % kLpt;
     if (row < rows) {
-      T* dst = static_cast<T*>(p.out) + (q_begin + q0 + row) * q_row_stride + static_cast<int64_t>(h) * D + ch * 8;
+      T* dst = static_cast<T*>(p.out) + (q_begin + q0 + row) * out_row_stride + static_cast<int64_t>(h) * D + ch * 8;
       *reinterpret_cast<uint4*>(dst) = *reinterpret_cast<const uint4*>(qs + swz<D>(row, ch));
     }
   }
@@ -348,6 +348,7 @@ cudaError_t launch_paged_prefill(void* out, float* lse, const void* q, const voi
   p.qo_indptr = qo_indptr;
   p.kv_lens = kv_lens;
   p.num_pages = shape.num_pages;
+  p.q_stride = shape.q_stride;
   p.total_q = shape.total_q;
   p.batch = shape.batch;
   p.num_heads = shape.num_heads;

@@ -25,6 +25,7 @@ struct PrefillParams {
   const int32_t* qo_indptr;
   const int32_t* kv_lens;
   int64_t num_pages;
+  int64_t q_stride;  // elements between tokens' q rows
   FastDiv page_div;  // by page_size
   int total_q, batch, num_heads, num_kv_heads, page_size, max_pages, window;
   // Query rows per token in a tile: 1 (one query head per CTA: the mma.sync kernel), or the GQA

@@ -232,7 +232,9 @@ def paged_prefill_attention(
     Parameters
     ----------
     q : torch.Tensor
-        ``[total_new_tokens, num_heads, head_dim]``, contiguous, the cache's dtype.
+        ``[total_new_tokens, num_heads, head_dim]``, the cache's dtype; heads contiguous, the token
+        stride may be larger (the q slice of a fused qkv projection, read in place), as in
+        :func:`paged_decode_attention`.
     k_cache, v_cache : torch.Tensor
         ``[num_pages, page_size, num_kv_heads, head_dim]``.
     page_table : torch.Tensor
@@ -256,7 +258,7 @@ def paged_prefill_attention(
         ``[total_new_tokens, num_heads]`` float32.
     """
     _check_cache(k_cache, v_cache)
-    _check_query(q, k_cache, "[total_new_tokens, num_heads, head_dim]")
+    _check_query(q, k_cache, "[total_new_tokens, num_heads, head_dim]", token_strided=True)
     _check_index("page_table", page_table, 2, "[batch, max_pages]", q)
     _check_index("qo_indptr", qo_indptr, 1, "[batch + 1]", q)
     _check_index("kv_lens", kv_lens, 1, "[batch]", q)

@@ -327,7 +327,7 @@ def paged_decode_attention(q, k_cache, v_cache, page_table, seq_lens, scale, win
 @triton.jit
 def paged_prefill_kernel(
     q_ptr, k_ptr, v_ptr, pt_ptr, indptr_ptr, lens_ptr, block_seq_ptr, block_idx_ptr, out_ptr, lse_ptr,
-    scale, soft_cap, window, batch, total_q, num_heads, group, kv_heads, num_pages, page_size, max_pages,
+    scale, soft_cap, window, q_stride, batch, total_q, num_heads, group, kv_heads, num_pages, page_size, max_pages,
     CAUSAL: tl.constexpr, SOFT_CAP: tl.constexpr, IEEE: tl.constexpr, HEAD_DIM: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_P: tl.constexpr,
 ):
@@ -359,8 +359,9 @@ def paged_prefill_kernel(
     hi = tl.where(bad > 0, lo, hi)
 
     d = tl.arange(0, HEAD_DIM)
+    q_at = rows.to(tl.int64) * q_stride + head * HEAD_DIM  # q's tokens may be strided (a fused qkv)
+    q = tl.load(q_ptr + q_at[:, None] + d[None, :], mask=row_ok[:, None], other=0.0)
     q_rows = rows.to(tl.int64) * num_heads + head
-    q = tl.load(q_ptr + q_rows[:, None] * HEAD_DIM + d[None, :], mask=row_ok[:, None], other=0.0)
     kvh = head // group
     row_stride = kv_heads * HEAD_DIM
     k_base = k_ptr + kvh * HEAD_DIM
@@ -417,8 +418,8 @@ def paged_prefill_attention(q, k_cache, v_cache, page_table, qo_indptr, kv_lens,
     with _util.device_guard(q):
         paged_prefill_kernel[(block_seq.shape[0], num_heads)](
             q, k_cache, v_cache, page_table, qo_indptr, kv_lens, block_seq, block_idx, out, lse,
-            float(scale), float(soft_cap), int(window), batch, total_q, num_heads, num_heads // kv_heads, kv_heads,
-            num_pages, page_size, page_table.shape[1],
+            float(scale), float(soft_cap), int(window), q.stride(0), batch, total_q, num_heads, num_heads // kv_heads,
+            kv_heads, num_pages, page_size, page_table.shape[1],
             CAUSAL=bool(causal), SOFT_CAP=soft_cap > 0, IEEE=f32_dot(q.dtype, q.device), HEAD_DIM=head_dim,
             BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_P=BLOCK_P, num_warps=cfg.num_warps,
         )
@@ -520,7 +521,7 @@ def aot_cases():
                 paged_prefill_kernel,
                 {"q_ptr": ptr, "k_ptr": ptr, "v_ptr": ptr, "pt_ptr": "*i32", "indptr_ptr": "*i32",
                  "lens_ptr": "*i32", "block_seq_ptr": "*i32", "block_idx_ptr": "*i32", "out_ptr": ptr,
-                 "lse_ptr": "*fp32", "scale": "fp32", "soft_cap": "fp32", "window": "i32", "batch": 7,
+                 "lse_ptr": "*fp32", "scale": "fp32", "soft_cap": "fp32", "window": "i32", "q_stride": "i32", "batch": 7,
                  "total_q": 3001, "num_heads": hq, "group": group, "kv_heads": hk, "num_pages": 4099,
                  "page_size": page_size, "max_pages": 257},
                 {"CAUSAL": causal, "SOFT_CAP": cap, "IEEE": dtype == "fp32", "HEAD_DIM": head_dim,
