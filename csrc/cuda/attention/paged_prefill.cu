@@ -75,7 +75,6 @@ __global__ void __launch_bounds__(PrefillTiling<D>::kThreads, 2)
   const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
   const int g = lane / 4, t = lane % 4;  // mma fragment row / column pair
   const int ps = p.page_size;
-  const int64_t out_row_stride = static_cast<int64_t>(p.num_heads) * D;
 
   // Loads. Q: rows of this tile (zero past the sequence's queries). K / V: row r of a tile is
   // token tile_start + r; each thread copies chunk tid % kLpt of rows tid / kLpt + i * kRowsPerPass.
@@ -304,7 +303,7 @@ __global__ void __launch_bounds__(PrefillTiling<D>::kThreads, 2)
   for (int u = lane; u < 16 * kMT * kLpt; u += 32) {
     const int row = wr0 + u / kLpt, ch = u % kLpt;
     if (row < rows) {
-      T* dst = static_cast<T*>(p.out) + (q_begin + q0 + row) * out_row_stride + static_cast<int64_t>(h) * D + ch * 8;
+      T* dst = static_cast<T*>(p.out) + (q_begin + q0 + row) * (static_cast<int64_t>(p.num_heads) * D) + static_cast<int64_t>(h) * D + ch * 8;
       *reinterpret_cast<uint4*>(dst) = *reinterpret_cast<const uint4*>(qs + swz<D>(row, ch));
     }
   }

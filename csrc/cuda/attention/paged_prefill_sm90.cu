@@ -73,7 +73,6 @@ __global__ void __launch_bounds__(Sm90Tiling<D>::kThreads, 1)
   const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
   const int wg = __shfl_sync(0xffffffffu, warp / 4, 0);  // warp-uniform: descriptors in uniform registers
   const int n_tiles = (w.kv_hi - w.kv_lo + kBc - 1) / kBc;
-  const int64_t out_row_stride = static_cast<int64_t>(p.num_heads) * D;
 
   if (wg == 0) {
     // Producer: Q, then each tile into its stage once the consumers have freed it. A thread
@@ -312,7 +311,7 @@ __global__ void __launch_bounds__(Sm90Tiling<D>::kThreads, 1)
     const int row = warp_row0 + u / kLpt, ch = u % kLpt;
     if (row < w.rows) {
       const int2 th = w.token_head(p, row);
-      T* dst = static_cast<T*>(p.out) + th.x * out_row_stride + th.y * D + ch * 8;
+      T* dst = static_cast<T*>(p.out) + th.x * (static_cast<int64_t>(p.num_heads) * D) + th.y * D + ch * 8;
       *reinterpret_cast<uint4*>(dst) = *reinterpret_cast<const uint4*>(qs + tile_offset<kBr>(row, ch));
     }
   }
