@@ -224,6 +224,12 @@ void check_int32(const Tensor& t, int64_t dim, const char* name, const char* op)
 }
 
 // q [tokens, num_heads, head_dim] against the cache; returns the dtype.
+// The kernels read q contiguous: a strided q (the q slice of a fused qkv) is copied first; for the
+// decode that is one row per sequence, cheap next to the context's K / V.
+Tensor contiguous_query(const Tensor& q) {
+  return q.dim() == 3 && !q.is_contiguous() ? torch::stable::contiguous(q) : q;
+}
+
 DType check_query(const Tensor& q, const Tensor& k_cache, const CacheShape& c, const char* op) {
   check_cpu(q, op);
   KERNELS_CHECK(q.dim() == 3 && q.is_contiguous(), op,
@@ -296,9 +302,7 @@ std::tuple<Tensor, Tensor> paged_decode_attention(Tensor q, Tensor k_cache, Tens
                                                   double scale, int64_t window, double soft_cap) {
   constexpr const char* op = "paged_decode_attention";
   const CacheShape c = check_cache(k_cache, v_cache, op);
-  // A strided q (the q slice of a fused qkv) is copied: one row per sequence, cheap next to the
-  // context's K / V.
-  if (q.dim() == 3 && !q.is_contiguous()) q = torch::stable::contiguous(q);
+  q = contiguous_query(q);
   const DType dtype = check_query(q, k_cache, c, op);
   const int64_t batch = q.size(0), heads = q.size(1);
   check_int32(page_table, 2, "page_table", op);
@@ -374,8 +378,7 @@ std::tuple<Tensor, Tensor> paged_prefill_attention(Tensor q, Tensor k_cache, Ten
                                                    int64_t window, double soft_cap) {
   constexpr const char* op = "paged_prefill_attention";
   const CacheShape c = check_cache(k_cache, v_cache, op);
-  // A strided q (the q slice of a fused qkv) is copied, as the decode does.
-  if (q.dim() == 3 && !q.is_contiguous()) q = torch::stable::contiguous(q);
+  q = contiguous_query(q);
   const DType dtype = check_query(q, k_cache, c, op);
   const int64_t total_q = q.size(0), heads = q.size(1);
   check_int32(page_table, 2, "page_table", op);

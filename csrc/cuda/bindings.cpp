@@ -288,13 +288,24 @@ Dtype attention_dtype(const Tensor& t, const char* op) {
   return s == ScalarType::Half ? Dtype::kFloat16 : Dtype::kBFloat16;
 }
 
-// What decode and prefill check alike: q [rows, heads, head_dim] contiguous, the caches of its
+// What decode and prefill check alike: q [rows, heads, head_dim] with heads contiguous, the caches of its
 // dtype and head_dim, page_table int32 [batch, max_pages], and the alignment of the 16-byte loads.
 struct AttentionShape {
   Dtype dtype;
   int64_t heads, head_dim, page_size, kv_heads, max_pages;
   int64_t q_stride;  // elements between q's tokens (heads contiguous)
 };
+
+AttentionShape check_attention(const Tensor& q, const Tensor& k_cache, const Tensor& v_cache,
+                               const Tensor& page_table, int64_t batch, const char* op);
+
+// q's token stride as the attention kernels read it: in place (the q slice of a fused qkv) when
+// its rows stay 16-byte aligned, which their loads need; otherwise q becomes a contiguous copy.
+int64_t kernel_q_stride(Tensor& q, const AttentionShape& a) {
+  if (a.q_stride % 8 == 0) return a.q_stride;
+  q = torch::stable::contiguous(q);
+  return a.heads * a.head_dim;
+}
 
 AttentionShape check_attention(const Tensor& q, const Tensor& k_cache, const Tensor& v_cache,
                                const Tensor& page_table, int64_t batch, const char* op) {
@@ -347,10 +358,6 @@ std::tuple<Tensor, Tensor> paged_decode_attention(Tensor q, Tensor k_cache, Tens
   Tensor out = torch::stable::new_empty(q, {batch, heads, head_dim});
   Tensor lse = torch::stable::new_empty(q, {batch, heads}, ScalarType::Float);
   if (batch == 0) return std::make_tuple(out, lse);
-  // q may be a strided view (the q slice of a fused qkv): read in place when its rows stay
-  // 16-byte aligned, which the kernel's loads need.
-  const bool copy_q = a.q_stride % 8 != 0;
-  if (copy_q) q = torch::stable::contiguous(q);
   const DecodeShape shape{batch,
                           static_cast<int>(heads),
                           static_cast<int>(kv_heads),
@@ -358,7 +365,7 @@ std::tuple<Tensor, Tensor> paged_decode_attention(Tensor q, Tensor k_cache, Tens
                           static_cast<int>(page_size),
                           static_cast<int>(max_pages),
                           k_cache.size(0),
-                          copy_q ? heads * head_dim : a.q_stride};
+                          kernel_q_stride(q, a)};
   const DeviceGuard guard(device);
   const int splits = max_pages == 0 ? 1 : paged_decode_splits(shape, window_i, device);
   // The split partials come from torch's caching allocator (stream-ordered, graph-capture safe).
@@ -397,15 +404,11 @@ std::tuple<Tensor, Tensor> paged_prefill_attention(Tensor q, Tensor k_cache, Ten
   Tensor out = torch::stable::new_empty(q, {total_q, a.heads, a.head_dim});
   Tensor lse = torch::stable::new_empty(q, {total_q, a.heads}, ScalarType::Float);
   if (total_q == 0 || batch == 0) return std::make_tuple(out, lse);
-  // A strided q (the q slice of a fused qkv) is read in place when its rows stay 16-byte
-  // aligned, as in the decode.
-  const bool copy_q = a.q_stride % 8 != 0;
-  if (copy_q) q = torch::stable::contiguous(q);
   const PrefillShape shape{static_cast<int>(total_q),     static_cast<int>(batch),
                            static_cast<int>(a.heads),     static_cast<int>(a.kv_heads),
                            static_cast<int>(a.head_dim),  static_cast<int>(a.page_size),
                            static_cast<int>(a.max_pages), k_cache.size(0),
-                           copy_q ? a.heads * a.head_dim : a.q_stride};
+                           kernel_q_stride(q, a)};
   const DeviceGuard guard(device);
   check_launch(launch_paged_prefill(out.mutable_data_ptr(), static_cast<float*>(lse.mutable_data_ptr()),
                                     q.const_data_ptr(), k_cache.const_data_ptr(), v_cache.const_data_ptr(),

@@ -44,10 +44,10 @@ struct PrefillShape {
   int64_t q_stride;  // elements from one token's q to the next: >= num_heads * head_dim, multiple of 8
 };
 
-// q [total_q, num_heads, head_dim] (heads contiguous, tokens q_stride apart) -> out (q's dtype, bf16 / fp16), lse [total_q,
-// num_heads] float32; qo_indptr [batch + 1], kv_lens [batch] int32 on the device. With
-// allow_sm90a, the wgmma kernel where the device and build have it (head_dim 64 / 128), else
-// the mma.sync kernel.
+// q [total_q, num_heads, head_dim] (heads contiguous, tokens q_stride apart) -> out (q's dtype,
+// bf16 / fp16, contiguous), lse [total_q, num_heads] float32; qo_indptr [batch + 1], kv_lens
+// [batch] int32 on the device. With allow_sm90a, the wgmma kernel where the device and build have
+// it (head_dim 64 / 128), else the mma.sync kernel.
 cudaError_t launch_paged_prefill(void* out, float* lse, const void* q, const void* k_cache,
                                  const void* v_cache, const int32_t* page_table,
                                  const int32_t* qo_indptr, const int32_t* kv_lens,

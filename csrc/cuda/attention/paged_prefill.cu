@@ -303,7 +303,9 @@ __global__ void __launch_bounds__(PrefillTiling<D>::kThreads, 2)
   for (int u = lane; u < 16 * kMT * kLpt; u += 32) {
     const int row = wr0 + u / kLpt, ch = u % kLpt;
     if (row < rows) {
-      T* dst = static_cast<T*>(p.out) + (q_begin + q0 + row) * (static_cast<int64_t>(p.num_heads) * D) + static_cast<int64_t>(h) * D + ch * 8;
+      // out is contiguous (q may not be).
+      T* dst = static_cast<T*>(p.out) + (q_begin + q0 + row) * (static_cast<int64_t>(p.num_heads) * D) +
+               static_cast<int64_t>(h) * D + ch * 8;
       *reinterpret_cast<uint4*>(dst) = *reinterpret_cast<const uint4*>(qs + swz<D>(row, ch));
     }
   }

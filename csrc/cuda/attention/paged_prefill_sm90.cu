@@ -311,7 +311,7 @@ __global__ void __launch_bounds__(Sm90Tiling<D>::kThreads, 1)
     const int row = warp_row0 + u / kLpt, ch = u % kLpt;
     if (row < w.rows) {
       const int2 th = w.token_head(p, row);
-      T* dst = static_cast<T*>(p.out) + th.x * (static_cast<int64_t>(p.num_heads) * D) + th.y * D + ch * 8;
+      T* dst = static_cast<T*>(p.out) + (static_cast<int64_t>(th.x) * p.num_heads + th.y) * D + ch * 8;  // contiguous
       *reinterpret_cast<uint4*>(dst) = *reinterpret_cast<const uint4*>(qs + tile_offset<kBr>(row, ch));
     }
   }
