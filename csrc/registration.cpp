@@ -28,6 +28,11 @@ STABLE_TORCH_LIBRARY(kernels, m) {
   m.def(
       "paged_decode_attention(Tensor q, Tensor k_cache, Tensor v_cache, Tensor page_table, "
       "Tensor seq_lens, float scale, int window, float soft_cap) -> (Tensor, Tensor)");
+  // paged_decode_attention after rotating q / k and storing the new K / V (q and k not written).
+  m.def(
+      "paged_decode_attention_with_rope_(Tensor positions, Tensor q, Tensor k, Tensor v, Tensor cos_sin_cache, "
+      "Tensor(a!) k_cache, Tensor(b!) v_cache, Tensor slot_mapping, Tensor page_table, Tensor seq_lens, "
+      "float scale, int window, float soft_cap, bool is_neox) -> (Tensor, Tensor)");
   m.def(
       "paged_prefill_attention(Tensor q, Tensor k_cache, Tensor v_cache, Tensor page_table, "
       "Tensor qo_indptr, Tensor kv_lens, float scale, bool causal, int window, float soft_cap) "

@@ -343,10 +343,10 @@ int check_window(int64_t window, const char* op) {
   return static_cast<int>(window);
 }
 
-std::tuple<Tensor, Tensor> paged_decode_attention(Tensor q, Tensor k_cache, Tensor v_cache,
-                                                  Tensor page_table, Tensor seq_lens,
-                                                  double scale, int64_t window, double soft_cap) {
-  const char* op = "paged_decode_attention";
+// paged_decode_attention, and its form that rotates and stores the new token first (new_token).
+std::tuple<Tensor, Tensor> decode(Tensor q, const Tensor& k_cache, const Tensor& v_cache, const Tensor& page_table,
+                                  const Tensor& seq_lens, double scale, int64_t window, double soft_cap,
+                                  const DecodeNewToken* new_token, const char* op) {
   const int32_t device = q.get_device_index();
   const int64_t batch = q.size(0);
   const AttentionShape a = check_attention(q, k_cache, v_cache, page_table, batch, op);
@@ -367,7 +367,7 @@ std::tuple<Tensor, Tensor> paged_decode_attention(Tensor q, Tensor k_cache, Tens
                           k_cache.size(0),
                           kernel_q_stride(q, a)};
   const DeviceGuard guard(device);
-  const int splits = max_pages == 0 ? 1 : paged_decode_splits(shape, window_i, device);
+  const int splits = max_pages == 0 ? 1 : paged_decode_splits(shape, window_i, new_token != nullptr, device);
   // The split partials come from torch's caching allocator (stream-ordered, graph-capture safe).
   float* part_out = nullptr;
   float* part_lse = nullptr;
@@ -384,9 +384,49 @@ std::tuple<Tensor, Tensor> paged_decode_attention(Tensor q, Tensor k_cache, Tens
                                    static_cast<const int32_t*>(page_table.const_data_ptr()),
                                    static_cast<const int32_t*>(seq_lens.const_data_ptr()), shape,
                                    splits, static_cast<float>(scale), window_i,
-                                   static_cast<float>(soft_cap), dtype, current_stream(device)),
+                                   static_cast<float>(soft_cap), dtype, new_token, current_stream(device)),
                op);
   return std::make_tuple(out, lse);
+}
+
+std::tuple<Tensor, Tensor> paged_decode_attention(Tensor q, Tensor k_cache, Tensor v_cache,
+                                                  Tensor page_table, Tensor seq_lens,
+                                                  double scale, int64_t window, double soft_cap) {
+  return decode(q, k_cache, v_cache, page_table, seq_lens, scale, window, soft_cap, nullptr,
+                "paged_decode_attention");
+}
+
+// What the one-kernel form takes (else the Python op runs the two ops in turn): head_dim 64 / 128,
+// neox rot_dim a multiple of 4 (a dim pair's partner pair is one word), k / v rows 16-byte aligned.
+std::tuple<Tensor, Tensor> paged_decode_attention_with_rope_(Tensor positions, Tensor q, Tensor k, Tensor v,
+                                                             Tensor cos_sin_cache, Tensor k_cache, Tensor v_cache,
+                                                             Tensor slot_mapping, Tensor page_table,
+                                                             Tensor seq_lens, double scale, int64_t window,
+                                                             double soft_cap, bool is_neox) {
+  const char* op = "paged_decode_attention_with_rope_";
+  const RopeCall r = check_rotary(positions, q, k, cos_sin_cache);
+  const StoreCall s = check_store(k, v, k_cache, v_cache, slot_mapping, op);
+  KERNELS_CHECK(s.device == r.device, op, ": the caches must be on q's device");
+  KERNELS_CHECK(r.head_dim == 64 || r.head_dim == 128, op, ": the one-kernel form takes head_dim 64 or 128");
+  KERNELS_CHECK(!is_neox || r.rot_dim % 4 == 0, op, ": the one-kernel form takes a neox rot_dim that is a multiple of 4");
+  KERNELS_CHECK((s.tokens <= 1 || (s.k_stride % 8 == 0 && s.v_stride % 8 == 0)) &&
+                    reinterpret_cast<uintptr_t>(k.const_data_ptr()) % 16 == 0 &&
+                    reinterpret_cast<uintptr_t>(v.const_data_ptr()) % 16 == 0,
+                op, ": k and v rows must be 16-byte aligned");
+  const DecodeNewToken nt{k.const_data_ptr(),
+                          v.const_data_ptr(),
+                          s.k_stride,
+                          s.v_stride,
+                          k_cache.mutable_data_ptr(),
+                          v_cache.mutable_data_ptr(),
+                          static_cast<const int64_t*>(positions.const_data_ptr()),
+                          static_cast<const int64_t*>(slot_mapping.const_data_ptr()),
+                          cos_sin_cache.const_data_ptr(),
+                          cos_sin_cache.size(0),
+                          static_cast<int>(r.rot_dim),
+                          r.cache_float32,
+                          is_neox};
+  return decode(q, k_cache, v_cache, page_table, seq_lens, scale, window, soft_cap, &nt, op);
 }
 
 std::tuple<Tensor, Tensor> paged_prefill_attention(Tensor q, Tensor k_cache, Tensor v_cache,
@@ -673,6 +713,7 @@ STABLE_TORCH_LIBRARY_IMPL(kernels, CUDA, m) {
   m.impl("store_kv_cache", TORCH_BOX(&kernels::cuda::store_kv_cache));
   m.impl("rotary_embedding_and_store_kv_", TORCH_BOX(&kernels::cuda::rotary_embedding_and_store_kv_));
   m.impl("paged_decode_attention", TORCH_BOX(&kernels::cuda::paged_decode_attention));
+  m.impl("paged_decode_attention_with_rope_", TORCH_BOX(&kernels::cuda::paged_decode_attention_with_rope_));
   m.impl("merge_attention_states", TORCH_BOX(&kernels::cuda::merge_attention_states));
   m.impl("paged_prefill_attention", TORCH_BOX(&kernels::cuda::paged_prefill_attention));
   m.impl("quantize_fp8", TORCH_BOX(&kernels::cuda::quantize_fp8));

@@ -9,6 +9,7 @@ from importlib.metadata import PackageNotFoundError, version
 from . import composite, native, triton  # noqa: F401  (each registers its implementations)
 from .ops.activation import gelu_and_mul, silu_and_mul
 from .ops.attention import merge_attention_states, paged_decode_attention, paged_prefill_attention, store_kv_cache
+from .ops.attention_rope import paged_decode_attention_with_rope_
 from .ops.fp8 import fp8_gemm, quantize_fp8
 from .ops.norm import fused_add_rms_norm_, rms_norm
 from .ops.quant import (
@@ -45,6 +46,7 @@ __all__ = [
     "gelu_and_mul",
     "store_kv_cache",
     "paged_decode_attention",
+    "paged_decode_attention_with_rope_",
     "paged_prefill_attention",
     "merge_attention_states",
     "w4a16_gemm",

@@ -164,3 +164,12 @@ def select(op: str, *args) -> Implementation:
 
 def dispatch(op: str, *args):
     return select(op, *args).fn(*args)
+
+
+def dispatch_best(op: str, *args):
+    """``dispatch`` ignoring a forced backend: how a composite runs its steps (forcing names the
+    backend of the op called, not of the ops it is made of)."""
+    for impl in _candidates(op, _platform.platform_of(*args)):
+        if impl.supports(*args) is None:
+            return impl.fn(*args)
+    raise BackendUnavailableError(f"no implementation of {op} can run these arguments")

@@ -202,6 +202,13 @@ class CausalLM(nn.Module):
             q = kernels.rms_norm(q.reshape(-1, c.head_dim), layer.q_norm, c.rms_norm_eps).view(n, -1, c.head_dim)
             k = kernels.rms_norm(k.reshape(-1, c.head_dim), layer.k_norm, c.rms_norm_eps).view(n, -1, c.head_dim)
         k_cache, v_cache = kv_cache
+        if batch.is_decode and x.is_cuda and torch.version.cuda is not None:
+            # One kernel: RoPE, the new K / V into the cache, attention (a launch less a layer).
+            out = kernels.paged_decode_attention_with_rope_(
+                batch.positions, q, k, v, self.cos_sin_cache, k_cache, v_cache, batch.slot_mapping,
+                batch.page_table, batch.kv_lens, sliding_window=c.sliding_window,
+            )
+            return linear(out.view(n, layer.q_size), layer.o_proj)
         kernels.rotary_embedding_and_store_kv_(
             batch.positions, q, k, v, self.cos_sin_cache, k_cache, v_cache, batch.slot_mapping, True
         )

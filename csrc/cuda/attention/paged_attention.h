@@ -24,8 +24,30 @@ struct DecodeShape {
   int64_t q_stride;  // elements from one sequence's q to the next: >= num_heads * head_dim, multiple of 8
 };
 
-// The number of KV splits launch_paged_decode uses for this shape on `device` (1: no workspace).
-int paged_decode_splits(const DecodeShape& shape, int window, int device);
+// The number of KV splits launch_paged_decode uses for this shape on `device` (1: no workspace);
+// with_new_token: the launch will carry a DecodeNewToken.
+int paged_decode_splits(const DecodeShape& shape, int window, bool with_new_token, int device);
+
+// Each sequence's newest token (token seq_lens[b] - 1), rotated and stored by the decode launch
+// itself (paged_decode_attention_with_rope_): q rotated in registers (q is not written), k rotated
+// and, with v, written to slot slot_mapping[b] when that is the token's slot; a negative slot
+// stores nothing (the cache is read as it is); any other slot makes the sequence's output NaN and
+// stores nothing. Positions outside [0, max_position) rotate to NaN, as rotary_embedding_ does.
+// Head dims 64 / 128; neox needs rot_dim % 4 == 0; k / v rows 16-byte aligned.
+struct DecodeNewToken {
+  const void* k;
+  const void* v;
+  int64_t k_stride, v_stride;  // elements between sequences' rows
+  void* k_cache;
+  void* v_cache;
+  const int64_t* positions;
+  const int64_t* slot_mapping;
+  const void* cos_sin;  // [max_position, rot_dim]: cos for the first rot_dim / 2, then sin
+  int64_t max_position;
+  int rot_dim;
+  bool cos_sin_float32;  // else q's dtype
+  bool neox;
+};
 
 // q [batch, num_heads, head_dim] (heads contiguous, rows q_stride apart) -> out (q's dtype,
 // bf16 / fp16), lse [batch, num_heads] float32.
@@ -36,7 +58,8 @@ cudaError_t launch_paged_decode(void* out, float* lse, float* part_out, float* p
                                 const void* q, const void* k_cache, const void* v_cache,
                                 const int32_t* page_table, const int32_t* seq_lens,
                                 const DecodeShape& shape, int splits, float scale, int window,
-                                float soft_cap, Dtype dtype, cudaStream_t stream);
+                                float soft_cap, Dtype dtype, const DecodeNewToken* new_token,
+                                cudaStream_t stream);
 
 struct PrefillShape {
   int total_q, batch, num_heads, num_kv_heads, head_dim, page_size, max_pages;

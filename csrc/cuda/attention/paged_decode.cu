@@ -23,6 +23,7 @@
 #include <atomic>
 #include <cmath>
 
+#include "cuda/attention/decode_new_token.cuh"
 #include "cuda/attention/paged_attention.h"
 #include "cuda/common/async_copy.cuh"
 #include "cuda/common/device.h"
@@ -85,6 +86,7 @@ struct DecodeParams {
   int num_heads, num_kv_heads, group, head_chunks, page_size, max_pages, splits, window;
   float q_scale;   // applied to q: scale * log2(e), or scale / soft_cap
   float cap_log2;  // soft_cap * log2(e), or 0 for no cap
+  DecodeNewToken nt;  // read by the kRope kernels only
 };
 
 // tanh(x) = 1 - 2 / (exp(2x) + 1): exact at both saturations, absolute error ~1e-7 near 0 (the
@@ -182,7 +184,9 @@ __global__ void __launch_bounds__(kMergeThreads) merge_splits_kernel(const Decod
   if (col == 0) p.lse[static_cast<int64_t>(b) * p.num_heads + h] = nan ? nanf : (mx + __log2f(sum)) * kLn2;
 }
 
-template <typename T, int D, int GP>
+// kRope: the kernel also rotates and stores each sequence's newest token (p.nt;
+// decode_new_token.cuh): q in registers, and the K / V rows by the CTAs whose range holds it.
+template <typename T, int D, int GP, bool kRope>
 __global__ void __launch_bounds__(Tiling<D>::kThreads, 4)
     paged_decode_kernel(const DecodeParams p) {
   using Tl = Tiling<D>;
@@ -234,6 +238,20 @@ __global__ void __launch_bounds__(Tiling<D>::kThreads, 4)
   const int64_t head_off = static_cast<int64_t>(kvh) * D + c * 8;
   const int load_row = tid / kLpt;
   const int n_tiles = (end - start + kTile - 1) / kTile;
+
+  // kRope: the CTA whose range ends the sequence stores its newest token, when slot_mapping names
+  // that token's slot (a negative slot stores nothing; any other is bad input: NaN, no store).
+  const bool owns_new = kRope && start < end && end == len;
+  // Its position, slot and page, loaded now: they arrive while the first tiles are requested.
+  int64_t new_pos = 0, new_slot = -1;
+  int new_page = 0;
+  if constexpr (kRope) {
+    if (!bad_len) new_pos = p.nt.positions[b];
+    if (owns_new) {
+      new_slot = p.nt.slot_mapping[b];
+      new_page = pt[(len - 1) / ps];
+    }
+  }
 
   // A tile's rows for this thread: their pages (loaded a tile ahead) and, found by the same
   // division, their element offsets inside a page (head and chunk included). Head_dim 256 has
@@ -309,13 +327,14 @@ __global__ void __launch_bounds__(Tiling<D>::kThreads, 4)
   const uint32_t* qg = reinterpret_cast<const uint32_t*>(
       static_cast<const T*>(p.q) + static_cast<int64_t>(b) * p.q_stride + (head0 + (has_q ? qr : 0)) * D);
   uint32_t qa[kQRegs ? D / 16 : 1][2];
-  if constexpr (kQRegs) {
+  if constexpr (kQRegs && !kRope) {  // kRope: from the rotated copy, below
 #pragma unroll
     for (int k = 0; k < D / 16; ++k) {
       qa[k][0] = has_q ? qg[k * 8 + qc] : 0u;
       qa[k][1] = has_q ? qg[k * 8 + 4 + qc] : 0u;
     }
   }
+  static_assert(!kRope || kQRegs, "the rotated q lives in registers");
 
   // Result writers. Direct: out (T) and lse (natural log). Split: float32 partials, lse in log2.
   const bool direct = p.splits == 1;
@@ -364,8 +383,42 @@ __global__ void __launch_bounds__(Tiling<D>::kThreads, 4)
 #pragma unroll
   for (int n = 0; n < D / 8; ++n) o[n][0] = o[n][1] = 0.f;
 
+  // kRope: the new token's K / V reach the cache before its tile is fetched, and after the tiles
+  // before it are on their way (a barrier orders the store before that fetch: the one below, or
+  // one of the main loop's). The position's cos / sin and the rotated q wait in the last stage's
+  // buffer, free until the main loop's first barrier; the slot is checked against the page table
+  // first.
+  const int first_after = owns_new ? min((len - 1 - start) / kTile, kAhead) : kAhead;
 #pragma unroll
-  for (int t = 0; t < kAhead; ++t) issue(t, first_rows[t], true);
+  for (int t = 0; t < kAhead; ++t) {
+    if (!kRope || t < first_after) issue(t, first_rows[t], true);
+  }
+  if constexpr (kRope) {
+    float* table = reinterpret_cast<float*>(smem + kAhead * Tl::kStageBytes);
+    uint32_t* q_rot = reinterpret_cast<uint32_t*>(table + D);  // [nh][D / 2] words
+    static_assert(D * 4 + GP * D * 2 <= Tl::kStageBytes, "a stage holds the table and the rotated q");
+    const bool good_slot = new_slot >= 0 && new_page >= 0 && new_page < p.num_pages &&
+                           new_slot == static_cast<int64_t>(new_page) * ps + (len - 1) % ps;
+    bad_page |= new_slot >= 0 && !good_slot;
+    NewTokenWords<T, D, GP, kThreads> words;
+    words.load(reinterpret_cast<const uint32_t*>(static_cast<const T*>(p.q) + static_cast<int64_t>(b) * p.q_stride +
+                                                 head0 * D),
+               nh, p.nt, b, kvh, good_slot, tid);
+    stage_rope_row<T, D, kThreads>(table, p.nt, new_pos, tid);
+    __syncthreads();
+    words.rotate_q(q_rot, nh, table, p.nt, tid);
+    if (good_slot) words.store(table, p.nt, kvh, new_slot, token_stride, tid);
+    __syncthreads();
+#pragma unroll
+    for (int k = 0; k < D / 16; ++k) {
+      qa[k][0] = has_q ? q_rot[qr * (D / 2) + k * 8 + qc] : 0u;
+      qa[k][1] = has_q ? q_rot[qr * (D / 2) + k * 8 + 4 + qc] : 0u;
+    }
+#pragma unroll
+    for (int t = 0; t < kAhead; ++t) {
+      if (t >= first_after) issue(t, first_rows[t], true);
+    }
+  }
   bool pages_bad = false;  // the page check's verdict, the same in every thread
   const int t0 = warp * 16;  // the warp's 16 tokens of each tile
   // ldmatrix row addresses: lane / 8 picks the 8x8 matrix, lane % 8 its row.
@@ -513,43 +566,49 @@ int group_pad(int group) { return group > 4 ? 8 : group > 2 ? 4 : group; }
 
 // Launched to overlap its producer (pdl.cuh): the CTAs are placed while the kernel before them
 // finishes, then wait for it.
-template <typename T, int D, int GP>
+template <typename T, int D, int GP, bool kRope>
 cudaError_t launch_kernel(const DecodeParams& p, int64_t batch, cudaStream_t stream) {
   const dim3 grid(static_cast<unsigned>(batch), p.num_kv_heads * p.head_chunks, p.splits);
-  cudaError_t e = launch_overlapping_producer(paged_decode_kernel<T, D, GP>, grid, dim3(Tiling<D>::kThreads),
-                                              Tiling<D>::kSmemBytes, stream, p);
+  cudaError_t e = launch_overlapping_producer(paged_decode_kernel<T, D, GP, kRope>, grid,
+                                              dim3(Tiling<D>::kThreads), Tiling<D>::kSmemBytes, stream, p);
   if (e != cudaSuccess || p.splits == 1) return e;
   const dim3 merge_grid(static_cast<unsigned>(batch), p.num_heads);
   return launch_overlapping_producer(merge_splits_kernel<T, D>, merge_grid, dim3(kMergeThreads), 0, stream, p);
 }
 
-template <typename T, int D>
+template <typename T, int D, bool kRope>
 cudaError_t launch_d(const DecodeParams& p, int64_t batch, int gp, cudaStream_t stream) {
   switch (gp) {
-    case 1: return launch_kernel<T, D, 1>(p, batch, stream);
-    case 2: return launch_kernel<T, D, 2>(p, batch, stream);
-    case 4: return launch_kernel<T, D, 4>(p, batch, stream);
-    default: return launch_kernel<T, D, 8>(p, batch, stream);
+    case 1: return launch_kernel<T, D, 1, kRope>(p, batch, stream);
+    case 2: return launch_kernel<T, D, 2, kRope>(p, batch, stream);
+    case 4: return launch_kernel<T, D, 4, kRope>(p, batch, stream);
+    default: return launch_kernel<T, D, 8, kRope>(p, batch, stream);
   }
 }
 
+// The new-token kernels exist for head_dim 64 and 128 (they keep q in registers).
 template <typename T>
-cudaError_t launch_dtype(const DecodeParams& p, const DecodeShape& shape, int gp, cudaStream_t stream) {
+cudaError_t launch_dtype(const DecodeParams& p, const DecodeShape& shape, int gp, bool rope, cudaStream_t stream) {
+  if (rope) {
+    if (shape.head_dim == 64) return launch_d<T, 64, true>(p, shape.batch, gp, stream);
+    if (shape.head_dim == 128) return launch_d<T, 128, true>(p, shape.batch, gp, stream);
+    return cudaErrorInvalidValue;
+  }
   switch (shape.head_dim) {
-    case 64: return launch_d<T, 64>(p, shape.batch, gp, stream);
-    case 128: return launch_d<T, 128>(p, shape.batch, gp, stream);
-    default: return launch_d<T, 256>(p, shape.batch, gp, stream);
+    case 64: return launch_d<T, 64, false>(p, shape.batch, gp, stream);
+    case 128: return launch_d<T, 128, false>(p, shape.batch, gp, stream);
+    default: return launch_d<T, 256, false>(p, shape.batch, gp, stream);
   }
 }
 
 // Resident CTAs per SM of the kernel for (head_dim, query heads per CTA), read once per config
 // (the same for both dtypes); 4 (48 KB of shared memory each) if the query fails.
-template <int D, int GP>
+template <int D, int GP, bool kRope>
 int occupancy_of() {
   static std::atomic<int> cached{0};
   int n = cached.load(std::memory_order_relaxed);
   if (n == 0) {
-    const auto kernel = paged_decode_kernel<__nv_bfloat16, D, GP>;
+    const auto kernel = paged_decode_kernel<__nv_bfloat16, D, GP, kRope>;
     if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, kernel, Tiling<D>::kThreads, Tiling<D>::kSmemBytes) !=
             cudaSuccess ||
         n <= 0) {
@@ -561,13 +620,13 @@ int occupancy_of() {
   return n;
 }
 
-template <int D>
+template <int D, bool kRope>
 int occupancy_d(int gp) {
   switch (gp) {
-    case 1: return occupancy_of<D, 1>();
-    case 2: return occupancy_of<D, 2>();
-    case 4: return occupancy_of<D, 4>();
-    default: return occupancy_of<D, 8>();
+    case 1: return occupancy_of<D, 1, kRope>();
+    case 2: return occupancy_of<D, 2, kRope>();
+    case 4: return occupancy_of<D, 4, kRope>();
+    default: return occupancy_of<D, 8, kRope>();
   }
 }
 
@@ -577,13 +636,13 @@ int occupancy_d(int gp) {
 // split one long contiguous token range (a multiple of the tile, at least kMinSplitTokens), and no
 // split empty at the longest context. A launch of more than half a wave is not split: a second,
 // partial wave would cost more than the idle slots.
-int paged_decode_splits(const DecodeShape& shape, int window, int device) {
+int paged_decode_splits(const DecodeShape& shape, int window, bool with_new_token, int device) {
   const int group = shape.num_heads / shape.num_kv_heads;
   const int gp = group_pad(group);
   const int64_t ctas = shape.batch * shape.num_kv_heads * ceil_div(group, gp);
-  const int occ = shape.head_dim == 64 ? occupancy_d<64>(gp)
-                  : shape.head_dim == 128 ? occupancy_d<128>(gp)
-                                          : occupancy_d<256>(gp);
+  const int occ = shape.head_dim == 64    ? (with_new_token ? occupancy_d<64, true>(gp) : occupancy_d<64, false>(gp))
+                  : shape.head_dim == 128 ? (with_new_token ? occupancy_d<128, true>(gp) : occupancy_d<128, false>(gp))
+                                          : occupancy_d<256, false>(gp);
   const int tile = 8192 / (2 * shape.head_dim);
   const int64_t slots = static_cast<int64_t>(device_facts(device).sms) * occ;
   if (ctas * 2 > slots) return 1;
@@ -601,7 +660,8 @@ cudaError_t launch_paged_decode(void* out, float* lse, float* part_out, float* p
                                 const void* q, const void* k_cache, const void* v_cache,
                                 const int32_t* page_table, const int32_t* seq_lens,
                                 const DecodeShape& shape, int splits, float scale, int window,
-                                float soft_cap, Dtype dtype, cudaStream_t stream) {
+                                float soft_cap, Dtype dtype, const DecodeNewToken* new_token,
+                                cudaStream_t stream) {
   if (shape.batch == 0) return cudaSuccess;
   const int group = shape.num_heads / shape.num_kv_heads;
   const int gp = group_pad(group);
@@ -629,8 +689,10 @@ cudaError_t launch_paged_decode(void* out, float* lse, float* part_out, float* p
   // Scores in log2 units: s2 = log2(e) * score. With a cap, score = cap * tanh(scale * qk / cap).
   p.q_scale = soft_cap > 0.f ? scale / soft_cap : scale * kLog2e;
   p.cap_log2 = soft_cap > 0.f ? soft_cap * kLog2e : 0.f;
-  if (dtype == Dtype::kBFloat16) return launch_dtype<__nv_bfloat16>(p, shape, gp, stream);
-  if (dtype == Dtype::kFloat16) return launch_dtype<__half>(p, shape, gp, stream);
+  const bool rope = new_token != nullptr;
+  if (rope) p.nt = *new_token;
+  if (dtype == Dtype::kBFloat16) return launch_dtype<__nv_bfloat16>(p, shape, gp, rope, stream);
+  if (dtype == Dtype::kFloat16) return launch_dtype<__half>(p, shape, gp, rope, stream);
   return cudaErrorInvalidValue;  // float32 attention is CPU-only
 }
 

@@ -6,7 +6,7 @@ Verification: ``registry.TORCH_OPS_PLATFORMS``.
 """
 
 from .. import registry
-from . import activation, fp8, norm, quant, rope
+from . import activation, attention_rope, fp8, norm, quant, rope
 
 OPS = {
     "rms_norm": norm.rms_norm,
@@ -16,6 +16,7 @@ OPS = {
     "silu_and_mul": activation.silu_and_mul,
     "gelu_and_mul": activation.gelu_and_mul,
     "w4a16_gemm": quant.w4a16_gemm,
+    "paged_decode_attention_with_rope_": attention_rope.paged_decode_attention_with_rope_,
     "fp8_gemm": fp8.fp8_gemm,
 }
 

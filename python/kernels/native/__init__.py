@@ -125,6 +125,32 @@ registry.register(
 )(_forward("w4a16_gemm"))
 
 
+def _decode_with_rope_supports(positions, q, k, v, cos_sin_cache, *rest) -> str | None:
+    # The CUDA kernel (csrc/cuda/attention/decode_new_token.cuh) keeps q in registers (head_dim
+    # 64 / 128), rotates whole dim pairs (a neox rotary_dim a multiple of 4) and reads k / v rows 16
+    # bytes at a time; the torch backend runs the two ops in turn otherwise.
+    is_neox = rest[-1]
+    if q.dtype not in (torch.float16, torch.bfloat16):
+        return "the CUDA kernel takes float16 and bfloat16"
+    if q.shape[2] not in (64, 128):
+        return "the CUDA kernel takes head_dim 64 and 128"
+    if is_neox and cos_sin_cache.shape[1] % 4:
+        return "the CUDA kernel takes a neox rotary_dim that is a multiple of 4"
+    for t in (k, v):
+        if t.shape[0] > 1 and t.stride(0) % 8 or (t.storage_offset() * t.element_size()) % 16:
+            return "the CUDA kernel reads k and v rows 16-byte aligned"
+    return None
+
+
+registry.register(
+    "paged_decode_attention_with_rope_",
+    "native",
+    {"cuda": "verified"},
+    available=_availability("paged_decode_attention_with_rope_"),
+    supports=_decode_with_rope_supports,
+)(_forward("paged_decode_attention_with_rope_"))
+
+
 W8A16_GROUP_SIZES = (32, 64, 128)
 
 

@@ -38,6 +38,11 @@ def register_fakes() -> None:
     def _(q, k_cache, v_cache, page_table, seq_lens, scale, window, soft_cap):
         return q.new_empty(q.shape), q.new_empty(q.shape[:2], dtype=torch.float32)
 
+    @torch.library.register_fake("kernels::paged_decode_attention_with_rope_")
+    def _(positions, q, k, v, cos_sin_cache, k_cache, v_cache, slot_mapping, page_table, seq_lens, scale, window,
+          soft_cap, is_neox):
+        return q.new_empty(q.shape), q.new_empty(q.shape[:2], dtype=torch.float32)
+
     @torch.library.register_fake("kernels::paged_prefill_attention")
     def _(q, k_cache, v_cache, page_table, qo_indptr, kv_lens, scale, causal, window, soft_cap):
         return q.new_empty(q.shape), q.new_empty(q.shape[:2], dtype=torch.float32)

@@ -196,6 +196,13 @@ def paged_decode_attention(
     torch.Tensor or (torch.Tensor, torch.Tensor)
         ``out`` ``[batch, num_heads, head_dim]`` in q's dtype; with ``return_lse``, ``(out, lse)``.
     """
+    options = _check_decode(q, k_cache, v_cache, page_table, seq_lens, scale, sliding_window, soft_cap, return_lse)
+    out, lse = registry.dispatch("paged_decode_attention", q, k_cache, v_cache, page_table, seq_lens, *options)
+    return (out, lse) if return_lse else out
+
+
+def _check_decode(q, k_cache, v_cache, page_table, seq_lens, scale, sliding_window, soft_cap, return_lse):
+    """The arguments of :func:`paged_decode_attention`; returns the kernels' (scale, window, soft_cap)."""
     _check_cache(k_cache, v_cache)
     _check_query(q, k_cache, "[batch, num_heads, head_dim]", token_strided=True)
     _check_index("page_table", page_table, 2, "[batch, max_pages]", q)
@@ -204,10 +211,8 @@ def paged_decode_attention(
     checks.dim_size("seq_lens", seq_lens, 0, q.shape[0], "batch of q")
     checks.nonempty("page_table", page_table, 1, "max_pages")
     _check_pages_on_cpu(page_table, seq_lens, k_cache.shape[1], k_cache.shape[0], "seq_lens")
-    options = _options(scale, sliding_window, soft_cap, q.shape[2])
     checks.boolean("return_lse", return_lse)
-    out, lse = registry.dispatch("paged_decode_attention", q, k_cache, v_cache, page_table, seq_lens, *options)
-    return (out, lse) if return_lse else out
+    return _options(scale, sliding_window, soft_cap, q.shape[2])
 
 
 def paged_prefill_attention(
