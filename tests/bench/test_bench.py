@@ -224,6 +224,19 @@ def _check_attention_file(path, op, ceiling, shapes, variants, peer_names):
     return doc
 
 
+def test_bench_decode_with_rope_smoke(tmp_path, capsys, _one_thread):
+    code = bench(
+        ["paged_decode_attention_with_rope_", "--shapes", "2x64x4x2x64x16", "--backends", "reference",
+         "--peers", "unfused", "--reps", "2", "--json", str(tmp_path)]
+    )  # fmt: skip
+    out = capsys.readouterr().out
+    assert code == 0, out
+    _check_attention_file(
+        tmp_path / "paged_decode_attention_with_rope_.json", "paged_decode_attention_with_rope_", "read_gbps",
+        ["2x64x4x2x64x16"], ["neox"], ["unfused"],
+    )  # fmt: skip
+
+
 def test_bench_paged_decode_smoke(tmp_path, capsys, _one_thread):
     code = bench(
         ["paged_decode_attention", "--shapes", "2x64x4x2x64x16", "1x100x4x1x64x8", "--backends", "reference",

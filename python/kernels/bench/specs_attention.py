@@ -13,6 +13,9 @@ Shape strings (DESIGN.md):
 - ``rotary_embedding_and_store_kv_``: ``TOKENSxHIDDEN``, RoPE's shapes; K / V into pages of 16
   tokens. Its ``unfused`` peer is ``rotary_embedding_`` then ``store_kv_cache``.
 - ``merge_attention_states``: ``TOKENSxHEADSxDIM``.
+- ``paged_decode_attention_with_rope_``: ``paged_decode_attention``'s shapes; q, k, v of the new
+  tokens are views of one fused qkv row per sequence, variant ``neox``. Its ``unfused`` peer is
+  ``rotary_embedding_and_store_kv_`` then ``paged_decode_attention``.
 
 Variants of the two attention ops are ``+``-joined parts, e.g. ``ragged8+window4096+softcap50``:
 ``raggedN`` (prefill), ``noncausal`` (prefill), ``windowW`` (sliding window), ``softcapC``; ``""`` is
@@ -33,8 +36,9 @@ import torch
 from .. import composite
 from .. import reference as _reference
 from ..ops import attention as _attention
+from ..ops import attention_rope as _attention_rope
 from ..ops import rope as _rope
-from .specs import OpSpec, ShapeError, dtype_size, rope_bytes, rope_heads, rope_qkv, rope_validate
+from .specs import OpSpec, ShapeError, _rope_cache, dtype_size, rope_bytes, rope_heads, rope_qkv, rope_validate
 
 PREFILL_PAGE = 16
 STORE_PAGE = 16
@@ -352,6 +356,50 @@ def rope_then_store_composite(positions, q, k, v, cos_sin_cache, k_cache, v_cach
 
 
 # ---------------------------------------------------------------------------------------------
+# paged_decode_attention_with_rope_: paged_decode_attention's shapes, the new tokens from a fused qkv
+
+
+def _decode_rope_inputs(dims, dtype, device, variant, gen):
+    batch, context, heads, kv_heads, head_dim, page = dims
+    q, k_cache, v_cache, page_table, seq_lens, _, _ = _decode_inputs(dims, dtype, device, "", gen)
+    qkv = _randn((batch, (heads + 2 * kv_heads) * head_dim), dtype, device, gen)
+    q, k, v = qkv.split([heads * head_dim, kv_heads * head_dim, kv_heads * head_dim], dim=1)
+    q, k, v = (t.view(batch, -1, head_dim) for t in (q, k, v))
+    last = seq_lens.long() - 1
+    slots = page_table.long()[:, -1] * page + last % page  # every sequence fills its pages
+    return (last, q, k, v, _rope_cache(context, head_dim, dtype, device), k_cache, v_cache, slots, page_table,
+            seq_lens, variant == "neox")
+
+
+def _decode_rope_bytes(dims, dtype, variant):
+    batch, context, heads, kv_heads, head_dim, page = dims
+    # the decode's traffic, plus the new K / V rows read from qkv and written into the cache
+    return _decode_bytes(dims, dtype, "") + 4 * batch * kv_heads * head_dim * dtype_size(dtype)
+
+
+def _decode_rope_public(positions, q, k, v, cos_sin_cache, k_cache, v_cache, slots, page_table, seq_lens, is_neox):
+    return _attention_rope.paged_decode_attention_with_rope_(
+        positions, q, k, v, cos_sin_cache, k_cache, v_cache, slots, page_table, seq_lens, is_neox=is_neox
+    )
+
+
+def _decode_rope_dispatch_args(args):
+    *head, is_neox = args
+    scale = 1.0 / math.sqrt(args[1].shape[-1])
+    return (*head, scale, -1, 0.0, is_neox)
+
+
+def _decode_rope_reference(*args):
+    return _reference.paged_decode_attention_with_rope_(*_decode_rope_dispatch_args(args))[0]
+
+
+def rope_store_then_decode(positions, q, k, v, cos_sin_cache, k_cache, v_cache, slots, page_table, seq_lens, is_neox):
+    """The two public ops in turn: what the fused op replaces (they rotate q and k in place)."""
+    _rope.rotary_embedding_and_store_kv_(positions, q, k, v, cos_sin_cache, k_cache, v_cache, slots, is_neox)
+    return _attention.paged_decode_attention(q, k_cache, v_cache, page_table, seq_lens)
+
+
+# ---------------------------------------------------------------------------------------------
 # merge_attention_states: TOKENSxHEADSxDIM
 
 
@@ -410,6 +458,35 @@ ATTENTION_SPECS: dict[str, OpSpec] = {
         _parse_variant=_canonical("paged_decode_attention", False),
         _dispatch_args=_decode_dispatch_args,
         single_set_over_cache=SINGLE_SET_OVER_CACHE,
+    ),
+    "paged_decode_attention_with_rope_": OpSpec(
+        name="paged_decode_attention_with_rope_",
+        summary="RoPE and the KV store of each sequence's new token, then its decode attention",
+        layout="BATCHxCONTEXTxHEADSxKVHEADSxDIMxPAGE",
+        layout_doc=(
+            "paged_decode_attention's shapes; q, k, v [BATCH, heads, DIM] are views of a fused qkv row per "
+            "sequence; the new token's K / V go to its slot (the last of CONTEXT)"
+        ),
+        variants=("neox",),
+        default_shapes={
+            "cuda": ("64x192x32x8x128x16", "64x1024x32x8x128x16", "1x32768x32x8x128x16"),
+            "cpu": ("1x2048x9x3x64x16",),
+        },
+        inplace=True,
+        public=_decode_rope_public,
+        composite=None,
+        reference=_decode_rope_reference,
+        _bytes=_decode_rope_bytes,
+        _inputs=_decode_rope_inputs,
+        # the output, and the caches it writes (restored before each timed callable)
+        _outputs=lambda args, result: ([] if result is None else [result]) + [args[5], args[6]],
+        _validate=_decode_validate,
+        ceiling="read_gbps",
+        _flops=lambda dims, dtype, variant: _decode_flops(dims, dtype, ""),
+        peers={"cuda": ("unfused",), "cpu": ("unfused",)},
+        _dispatch_args=_decode_rope_dispatch_args,
+        single_set_over_cache=SINGLE_SET_OVER_CACHE,
+        unfused=rope_store_then_decode,
     ),
     "paged_prefill_attention": OpSpec(
         name="paged_prefill_attention",
