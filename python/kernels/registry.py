@@ -143,10 +143,7 @@ def select(op: str, *args) -> Implementation:
     plat = _platform.platform_of(*args)
     forced = forced_backend()
     if forced is None:
-        for impl in _candidates(op, plat):
-            if impl.supports(*args) is None:
-                return impl
-        raise BackendUnavailableError(f"no implementation of {op} can run on {plat!r} with these arguments")
+        return _best(op, plat, args)
     for impl in implementations(op):
         if impl.backend != forced:
             continue
@@ -162,6 +159,13 @@ def select(op: str, *args) -> Implementation:
     raise BackendUnavailableError(f"backend {forced!r} has no implementation of {op}")
 
 
+def _best(op: str, plat: str, args: tuple) -> Implementation:
+    for impl in _candidates(op, plat):
+        if impl.supports(*args) is None:
+            return impl
+    raise BackendUnavailableError(f"no implementation of {op} can run on {plat!r} with these arguments")
+
+
 def dispatch(op: str, *args):
     return select(op, *args).fn(*args)
 
@@ -169,7 +173,4 @@ def dispatch(op: str, *args):
 def dispatch_best(op: str, *args):
     """``dispatch`` ignoring a forced backend: how a composite runs its steps (forcing names the
     backend of the op called, not of the ops it is made of)."""
-    for impl in _candidates(op, _platform.platform_of(*args)):
-        if impl.supports(*args) is None:
-            return impl.fn(*args)
-    raise BackendUnavailableError(f"no implementation of {op} can run these arguments")
+    return _best(op, _platform.platform_of(*args), args).fn(*args)

@@ -196,14 +196,15 @@ def paged_decode_attention(
     torch.Tensor or (torch.Tensor, torch.Tensor)
         ``out`` ``[batch, num_heads, head_dim]`` in q's dtype; with ``return_lse``, ``(out, lse)``.
     """
-    options = _check_decode(q, k_cache, v_cache, page_table, seq_lens, scale, sliding_window, soft_cap, return_lse)
+    _check_cache(k_cache, v_cache)
+    options = _check_decode(q, k_cache, page_table, seq_lens, scale, sliding_window, soft_cap, return_lse)
     out, lse = registry.dispatch("paged_decode_attention", q, k_cache, v_cache, page_table, seq_lens, *options)
     return (out, lse) if return_lse else out
 
 
-def _check_decode(q, k_cache, v_cache, page_table, seq_lens, scale, sliding_window, soft_cap, return_lse):
-    """The arguments of :func:`paged_decode_attention`; returns the kernels' (scale, window, soft_cap)."""
-    _check_cache(k_cache, v_cache)
+def _check_decode(q, k_cache, page_table, seq_lens, scale, sliding_window, soft_cap, return_lse):
+    """The arguments of :func:`paged_decode_attention` past the caches (checked by the caller);
+    returns the kernels' (scale, window, soft_cap)."""
     _check_query(q, k_cache, "[batch, num_heads, head_dim]", token_strided=True)
     _check_index("page_table", page_table, 2, "[batch, max_pages]", q)
     _check_index("seq_lens", seq_lens, 1, "[batch]", q)

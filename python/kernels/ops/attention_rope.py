@@ -68,8 +68,8 @@ def paged_decode_attention_with_rope_(
     elsewhere (the CPU included) the two ops run in turn on copies of ``q`` and ``k``.
     """
     is_neox = _check_rotary(positions, q, k, cos_sin_cache, is_neox)
-    check_store(k, v, k_cache, v_cache, slot_mapping)
-    options = _check_decode(q, k_cache, v_cache, page_table, seq_lens, scale, sliding_window, soft_cap, return_lse)
+    check_store(k, v, k_cache, v_cache, slot_mapping)  # the caches too
+    options = _check_decode(q, k_cache, page_table, seq_lens, scale, sliding_window, soft_cap, return_lse)
     out, lse = registry.dispatch(
         "paged_decode_attention_with_rope_", positions, q, k, v, cos_sin_cache, k_cache, v_cache, slot_mapping,
         page_table, seq_lens, *options, is_neox,

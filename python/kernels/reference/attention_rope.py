@@ -13,15 +13,17 @@ def new_token_slots(slot_mapping, page_table, seq_lens, page_size: int):
     return torch.where(bad, -1, slot_mapping), bad
 
 
-def with_bad_rows(out, lse, bad):
-    """NaN for the sequences of a bad slot."""
+def two_steps(rope_store, decode, positions, q, k, v, cos_sin_cache, k_cache, v_cache, slot_mapping,
+                           page_table, seq_lens, scale, window, soft_cap, is_neox):
+    """The op as its two steps (``rope_store``, ``decode``: implementations of
+    ``rotary_embedding_and_store_kv_`` and ``paged_decode_attention``) on copies of q and k, a
+    bad slot's sequence stored nowhere and NaN."""
+    slots, bad = new_token_slots(slot_mapping, page_table, seq_lens, k_cache.shape[1])
+    q, k = q.clone(), k.clone()
+    rope_store(positions, q, k, v, cos_sin_cache, k_cache, v_cache, slots, is_neox)
+    out, lse = decode(q, k_cache, v_cache, page_table, seq_lens, scale, window, soft_cap)
     return out.masked_fill(bad[:, None, None], float("nan")), lse.masked_fill(bad[:, None], float("nan"))
 
 
-def paged_decode_attention_with_rope_(positions, q, k, v, cos_sin_cache, k_cache, v_cache, slot_mapping, page_table,
-                                      seq_lens, scale, window, soft_cap, is_neox):
-    slots, bad = new_token_slots(slot_mapping, page_table, seq_lens, k_cache.shape[1])
-    q, k = q.clone(), k.clone()
-    rotary_embedding_and_store_kv_(positions, q, k, v, cos_sin_cache, k_cache, v_cache, slots, is_neox)
-    out, lse = paged_decode_attention(q, k_cache, v_cache, page_table, seq_lens, scale, window, soft_cap)
-    return with_bad_rows(out, lse, bad)
+def paged_decode_attention_with_rope_(*args):
+    return two_steps(rotary_embedding_and_store_kv_, paged_decode_attention, *args)
