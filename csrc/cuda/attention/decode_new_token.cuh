@@ -1,10 +1,13 @@
 // The decode kernel's work on each sequence's newest token when it rotates and stores it itself
 // (DecodeNewToken, paged_attention.h): RoPE of the CTA's query heads and of the new K row, and
 // the K / V rows' store into the cache. Rotation in float32, rounded once to T: what
-// rotary_embedding_ computes. The position's cos / sin row is staged as float32 in shared memory
-// and the loops run over the CTA's threads, not unrolled per lane: the code stays small (a first
-// version, unrolled over each lane's q fragments, grew the kernel by 70% and its instruction-cache
-// misses cost more than the launch it saved).
+// rotary_embedding_ computes. Each warp does the work its own MMAs need, through its own corner
+// of shared memory: it stages the position's cos / sin row as float32 and rotates every query head
+// of the CTA, so only __syncwarp orders it and no CTA barrier sits before the main loop (a CTA-wide
+// version, with two barriers there, cost the kernel 2.5 us at 64 x 192). The loops run over a
+// warp's lanes, not unrolled per fragment: the code stays small (a first version, unrolled over
+// each lane's q fragments, grew the kernel by 70% and its instruction-cache misses cost more than
+// the launch it saved).
 #pragma once
 #include <cstdint>
 
@@ -13,28 +16,36 @@
 
 namespace kernels::cuda {
 
-// table[0, rot_dim / 2) = cos, table[rot_dim / 2, rot_dim) = sin of position pos; NaN when pos is
-// outside [0, max_position), as rotary_embedding_ gives. All loads first, then the stores.
+// The position's cos / sin row: loaded into registers (one round trip), then staged as float32 in
+// `table` ([0, rot_dim / 2) cos, [rot_dim / 2, rot_dim) sin); NaN when pos is outside
+// [0, max_position), as rotary_embedding_ gives. `tid` counts the kThreads threads that share the
+// table.
 template <typename T, int D, int kThreads>
-__device__ __forceinline__ void stage_rope_row(float* table, const DecodeNewToken& nt, int64_t pos, int tid) {
-  constexpr int kPer = (D + kThreads - 1) / kThreads;  // rot_dim <= D
-  const bool ok = pos >= 0 && pos < nt.max_position;
-  const int64_t row = pos * nt.rot_dim;
+struct RopeRow {
+  static constexpr int kPer = (D + kThreads - 1) / kThreads;  // rot_dim <= D
   float x[kPer];
+
+  __device__ __forceinline__ void load(const DecodeNewToken& nt, int64_t pos, int tid) {
+    const bool ok = pos >= 0 && pos < nt.max_position;
+    const int64_t row = pos * nt.rot_dim;
 #pragma unroll
-  for (int it = 0; it < kPer; ++it) {
-    const int i = tid + it * kThreads;
-    x[it] = __int_as_float(0x7fc00000);
-    if (ok && i < nt.rot_dim) {
-      x[it] = nt.cos_sin_float32 ? static_cast<const float*>(nt.cos_sin)[row + i]
-                                 : bits_to_float<T>(static_cast<const uint16_t*>(nt.cos_sin)[row + i]);
+    for (int it = 0; it < kPer; ++it) {
+      const int i = tid + it * kThreads;
+      x[it] = __int_as_float(0x7fc00000);
+      if (ok && i < nt.rot_dim) {
+        x[it] = nt.cos_sin_float32 ? static_cast<const float*>(nt.cos_sin)[row + i]
+                                   : bits_to_float<T>(static_cast<const uint16_t*>(nt.cos_sin)[row + i]);
+      }
     }
   }
+
+  __device__ __forceinline__ void stage(float* table, const DecodeNewToken& nt, int tid) const {
 #pragma unroll
-  for (int it = 0; it < kPer; ++it) {
-    if (tid + it * kThreads < nt.rot_dim) table[tid + it * kThreads] = x[it];
+    for (int it = 0; it < kPer; ++it) {
+      if (tid + it * kThreads < nt.rot_dim) table[tid + it * kThreads] = x[it];
+    }
   }
-}
+};
 
 // The word (dim pair d, d + 1) that dims d, d + 1 rotate with under neox: rot_dim / 2 away (a
 // multiple of 4, so one word); -1 for gptj (the pair itself) and for unrotated dims.
@@ -67,23 +78,25 @@ __device__ __forceinline__ uint32_t rotate_word(uint32_t x, uint32_t p, int d, c
   return pack_pair<T>(o0, o1);
 }
 
-// The CTA's share of the new token's words, loaded at once (one round trip, issued while the first
-// K / V tiles fly) and rotated once the cos / sin table is staged: up to GP query heads (rows
-// D / 2 words apart from q_rows) and, for the CTA that stores it, the K row and the V row.
-template <typename T, int D, int GP, int kThreads>
+// A lane's share of the new token's words, loaded at once (one round trip, issued before the first
+// K / V tiles) and rotated once its warp's cos / sin table is staged: a 32nd of up to GP query
+// heads (rows D / 2 words apart from q_rows; every warp rotates them all) and, in the first warp
+// of the CTA that stores it, a chunk of the K row or the V row.
+template <typename T, int D, int GP>
 struct NewTokenWords {
-  static constexpr int kQ = (GP * D / 2 + kThreads - 1) / kThreads;  // q words per thread
-  static constexpr int kChunks = D / 8;                              // 16-byte chunks of a row
-  static_assert(2 * kChunks <= kThreads, "a thread stores at most one chunk");
+  static constexpr int kQ = (GP * D / 2 + 31) / 32;  // q words per lane
+  static constexpr int kChunks = D / 8;              // 16-byte chunks of a row
+  static_assert(2 * kChunks <= 32, "the first warp stores both rows, a chunk a lane");
   uint32_t q[kQ], q_partner[kQ];
   Vec<T, 8> chunk;
   uint32_t k_partner[4];
 
+  // stores: this CTA stores the rows (only warp 0's lanes load them).
   __device__ __forceinline__ void load(const uint32_t* q_rows, int nh, const DecodeNewToken& nt, int64_t b, int kvh,
-                                       bool stores, int tid) {
+                                       bool stores, int tid, int lane) {
 #pragma unroll
     for (int it = 0; it < kQ; ++it) {
-      const int u = tid + it * kThreads;
+      const int u = lane + it * 32;
       const bool valid = u < nh * (D / 2);
       const uint32_t* row = q_rows + (valid ? u / (D / 2) * (D / 2) : 0);
       const int pw = partner_word(2 * (u % (D / 2)), nt.rot_dim, nt.neox);
@@ -103,17 +116,17 @@ struct NewTokenWords {
     }
   }
 
-  // The rotated q words into out ([nh][D / 2], q_rows' layout).
+  // The rotated q words into out ([nh][D / 2], q_rows' layout), the warp's copy.
   __device__ __forceinline__ void rotate_q(uint32_t* out, int nh, const float* table, const DecodeNewToken& nt,
-                                           int tid) const {
+                                           int lane) const {
 #pragma unroll
     for (int it = 0; it < kQ; ++it) {
-      const int u = tid + it * kThreads;
+      const int u = lane + it * 32;
       if (u < nh * (D / 2)) out[u] = rotate_word<T>(q[it], q_partner[it], 2 * (u % (D / 2)), table, nt.rot_dim, nt.neox);
     }
   }
 
-  // K (rotated) and V into cache slot `slot`.
+  // K (rotated) and V into cache slot `slot`; lanes of the first warp (tid < 32).
   __device__ __forceinline__ void store(const float* table, const DecodeNewToken& nt, int kvh, int64_t slot,
                                         int64_t token_stride, int tid) const {
     if (tid >= 2 * kChunks) return;

@@ -22,6 +22,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cmath>
+#include <type_traits>
 
 #include "cuda/attention/decode_new_token.cuh"
 #include "cuda/attention/paged_attention.h"
@@ -242,15 +243,14 @@ __global__ void __launch_bounds__(Tiling<D>::kThreads, 4)
   // kRope: the CTA whose range ends the sequence stores its newest token, when slot_mapping names
   // that token's slot (a negative slot stores nothing; any other is bad input: NaN, no store).
   const bool owns_new = kRope && start < end && end == len;
-  // Its position, slot and page, loaded now: they arrive while the first tiles are requested.
+  // Its position and slot (whatever the length: the cos / sin row waits only for the position)
+  // and page, loaded now: they arrive while the first tiles are requested.
   int64_t new_pos = 0, new_slot = -1;
   int new_page = 0;
   if constexpr (kRope) {
-    if (!bad_len) new_pos = p.nt.positions[b];
-    if (owns_new) {
-      new_slot = p.nt.slot_mapping[b];
-      new_page = pt[(len - 1) / ps];
-    }
+    new_pos = p.nt.positions[b];
+    new_slot = p.nt.slot_mapping[b];
+    if (owns_new) new_page = pt[(len - 1) / ps];
   }
 
   // A tile's rows for this thread: their pages (loaded a tile ahead) and, found by the same
@@ -383,40 +383,51 @@ __global__ void __launch_bounds__(Tiling<D>::kThreads, 4)
 #pragma unroll
   for (int n = 0; n < D / 8; ++n) o[n][0] = o[n][1] = 0.f;
 
-  // kRope: the new token's K / V reach the cache before its tile is fetched, and after the tiles
-  // before it are on their way (a barrier orders the store before that fetch: the one below, or
-  // one of the main loop's). The position's cos / sin and the rotated q wait in the last stage's
-  // buffer, free until the main loop's first barrier; the slot is checked against the page table
-  // first.
+  // kRope: the new token's words and the position's cos / sin are requested before the first
+  // tiles: behind 32 KB of tile requests per CTA, even L2 hits would wait microseconds. The K / V
+  // rows reach the cache before the tile holding the token is fetched, and after the tiles before
+  // it are on their way: the main loop's first barrier orders the store before that fetch, or,
+  // when the token lies in the first kAhead tiles, a barrier here. Each warp stages the cos / sin
+  // and rotates the query heads in its own corner of the last stage's buffer (free until the main
+  // loop's first barrier), so its fragments need only __syncwarp.
+  struct None {};  // the plain kernels hold no new-token state
+  std::conditional_t<kRope, NewTokenWords<T, D, GP>, None> words;
+  std::conditional_t<kRope, RopeRow<T, D, 32>, None> rope_row;
+  if constexpr (kRope) {
+    words.load(reinterpret_cast<const uint32_t*>(static_cast<const T*>(p.q) + static_cast<int64_t>(b) * p.q_stride +
+                                                 head0 * D),
+               nh, p.nt, b, kvh, owns_new, tid, lane);
+    rope_row.load(p.nt, new_pos, lane);
+  }
   const int first_after = owns_new ? min((len - 1 - start) / kTile, kAhead) : kAhead;
 #pragma unroll
   for (int t = 0; t < kAhead; ++t) {
     if (!kRope || t < first_after) issue(t, first_rows[t], true);
   }
   if constexpr (kRope) {
-    float* table = reinterpret_cast<float*>(smem + kAhead * Tl::kStageBytes);
+    constexpr int kWarpBytes = D * 4 + GP * D * 2;
+    static_assert(kWarps * kWarpBytes <= Tl::kStageBytes, "a stage holds every warp's table and rotated q");
+    float* table = reinterpret_cast<float*>(smem + kAhead * Tl::kStageBytes + warp * kWarpBytes);
     uint32_t* q_rot = reinterpret_cast<uint32_t*>(table + D);  // [nh][D / 2] words
-    static_assert(D * 4 + GP * D * 2 <= Tl::kStageBytes, "a stage holds the table and the rotated q");
+    rope_row.stage(table, p.nt, lane);
+    __syncwarp();
+    words.rotate_q(q_rot, nh, table, p.nt, lane);
     const bool good_slot = new_slot >= 0 && new_page >= 0 && new_page < p.num_pages &&
                            new_slot == static_cast<int64_t>(new_page) * ps + (len - 1) % ps;
-    bad_page |= new_slot >= 0 && !good_slot;
-    NewTokenWords<T, D, GP, kThreads> words;
-    words.load(reinterpret_cast<const uint32_t*>(static_cast<const T*>(p.q) + static_cast<int64_t>(b) * p.q_stride +
-                                                 head0 * D),
-               nh, p.nt, b, kvh, good_slot, tid);
-    stage_rope_row<T, D, kThreads>(table, p.nt, new_pos, tid);
-    __syncthreads();
-    words.rotate_q(q_rot, nh, table, p.nt, tid);
-    if (good_slot) words.store(table, p.nt, kvh, new_slot, token_stride, tid);
-    __syncthreads();
+    bad_page |= owns_new && new_slot >= 0 && !good_slot;
+    if (owns_new && good_slot) words.store(table, p.nt, kvh, new_slot, token_stride, tid);
+    __syncwarp();
 #pragma unroll
     for (int k = 0; k < D / 16; ++k) {
       qa[k][0] = has_q ? q_rot[qr * (D / 2) + k * 8 + qc] : 0u;
       qa[k][1] = has_q ? q_rot[qr * (D / 2) + k * 8 + 4 + qc] : 0u;
     }
+    if (first_after < kAhead) {  // the same in every thread
+      __syncthreads();
 #pragma unroll
-    for (int t = 0; t < kAhead; ++t) {
-      if (t >= first_after) issue(t, first_rows[t], true);
+      for (int t = 0; t < kAhead; ++t) {
+        if (t >= first_after) issue(t, first_rows[t], true);
+      }
     }
   }
   bool pages_bad = false;  // the page check's verdict, the same in every thread
