@@ -238,7 +238,9 @@ class Engine:
         host; nothing waits. ``previous``: the batch launched before, whose tokens the
         placeholders of this one refer to."""
         forward = batch.forward
-        if batch.has_placeholders:
+        if batch.placeholders_in_order:  # no kernel: most decode steps
+            forward.input_ids = previous.token_ids[: forward.num_tokens]
+        elif batch.has_placeholders:
             ids = forward.input_ids
             forward.input_ids = torch.where(ids >= 0, ids, previous.token_ids[(-1 - ids).clamp_min(0)])
         logits = self._forward(forward)

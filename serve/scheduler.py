@@ -37,6 +37,9 @@ class ScheduledBatch:
     # Some input id is a placeholder -(j + 1): the token sampled for row j of the sampled tokens of
     # the batch launched before this one, still on the device (overlap scheduling).
     has_placeholders: bool = False
+    # Every input id is a placeholder and row i's is sampled row i (a steady decode): the input ids
+    # are the first rows of those sampled tokens as they are.
+    placeholders_in_order: bool = False
 
 
 @dataclass
@@ -294,7 +297,7 @@ class Scheduler:
         ps = self.page_size
         b = len(work)
         requests, num_new, ids, starts, num_pages, pages, sample_rows = [], [], [], [], [], [], []
-        placeholders = False
+        placeholders, in_order = False, True
         for i, (req, n) in enumerate(work):
             start = req.num_computed
             requests.append(req)
@@ -302,8 +305,10 @@ class Scheduler:
             if req.num_pending:  # a decode whose input is the last batch's token, on the device
                 ids.append(-1 - req.pending_row)
                 placeholders = True
+                in_order &= req.pending_row == i
             else:
                 ids += req.tokens(start, start + n)
+                in_order = False
             starts.append(start)
             num_pages.append(len(req.pages))
             pages += req.pages
@@ -357,7 +362,7 @@ class Scheduler:
             logits_indices=dev64[o_logits : o_logits + b],
             is_decode=t == b,
         )
-        return ScheduledBatch(requests, num_new, forward, sample_rows, placeholders)
+        return ScheduledBatch(requests, num_new, forward, sample_rows, placeholders, placeholders and in_order)
 
 
 def _offsets(*sizes: int) -> tuple[int, ...]:

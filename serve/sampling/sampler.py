@@ -30,7 +30,7 @@ def chunked_argmax(x: torch.Tensor, chunks: int) -> torch.Tensor:
     width = x.shape[-1] // chunks
     values, index = x.unflatten(-1, (chunks, width)).max(dim=-1)
     best = values.argmax(dim=-1, keepdim=True)
-    return (index.gather(-1, best) + best * width)[:, 0]
+    return index.gather(-1, best).add_(best, alpha=width)[:, 0]
 
 
 def make_generator(seed: int, device) -> torch.Generator:

@@ -206,3 +206,24 @@ def test_overlap_with_cuda_graphs_matches():
         assert engine.graph_runner.num_replays > 0
         _no_page_leaked(engine)
     assert results[True] == results[False]
+
+
+def test_steady_decode_steps_take_the_sampled_tokens_as_they_are(tiny):
+    """A decode batch whose row i reads sampled row i takes those tokens without a gather; one whose
+    rows moved (a request finished before it) gathers them. Both give the tokens of no overlap."""
+    prompts = _prompts(6, seed=3)
+    params = [{"temperature": 0.0, "max_tokens": 4 + 3 * i, "ignore_eos": True} for i in range(len(prompts))]
+    expected = _summary(Engine(tiny, max_total_tokens=2048, overlap=False).generate(prompts, params))
+    engine = Engine(tiny, max_total_tokens=2048)
+    kinds, schedule = [], engine.scheduler.schedule
+
+    def spy():
+        batch = schedule()
+        if batch is not None:
+            kinds.append((batch.has_placeholders, batch.placeholders_in_order))
+        return batch
+
+    engine.scheduler.schedule = spy
+    assert _summary(engine.generate(prompts, params)) == expected
+    assert (True, True) in kinds and (True, False) in kinds
+    assert (False, True) not in kinds
