@@ -484,6 +484,82 @@ void rotary_embedding_and_store_kv_(Tensor positions, Tensor q, Tensor k, Tensor
   store_kv_cache(k, v, k_cache, v_cache, slot_mapping);
 }
 
+// A [B, heads, D] copy with contiguous rows of t (heads contiguous, rows t.stride(0) apart).
+Tensor copy_rows(const Tensor& t, const char* op) {
+  check_cpu(t, op);
+  KERNELS_CHECK(t.dim() == 3 && (t.size(2) <= 1 || t.stride(2) == 1) &&
+                    (t.size(1) <= 1 || t.stride(1) == t.size(2)),
+                op, ": q and k must be [B, heads, D] with contiguous heads");
+  const std::array<int64_t, 3> shape{t.size(0), t.size(1), t.size(2)};
+  Tensor out = torch::stable::new_empty(t, shape);
+  const int64_t elem = t.scalar_type() == ScalarType::Float ? 4 : 2;
+  const int64_t bytes = t.size(1) * t.size(2) * elem;
+  const char* src = static_cast<const char*>(t.const_data_ptr());
+  char* dst = static_cast<char*>(out.mutable_data_ptr());
+  for (int64_t b = 0; b < t.size(0); ++b) std::memcpy(dst + b * bytes, src + b * t.stride(0) * elem, bytes);
+  return out;
+}
+
+// The op's CPU form: the two ops in turn on copies of q and k (which stay as they are), one call
+// from Python instead of the composite's two ops and a dozen torch ops (a CPU decode step pays
+// ~15 us of Python a call). A slot that is neither negative nor that of the sequence's token
+// seq_lens - 1 stores nothing and makes the sequence's out and lse NaN, as on CUDA.
+std::tuple<Tensor, Tensor> paged_decode_attention_with_rope_(Tensor positions, Tensor q, Tensor k, Tensor v,
+                                                             Tensor cos_sin_cache, Tensor k_cache, Tensor v_cache,
+                                                             Tensor slot_mapping, Tensor page_table, Tensor seq_lens,
+                                                             double scale, int64_t window, double soft_cap,
+                                                             bool is_neox) {
+  constexpr const char* op = "paged_decode_attention_with_rope_";
+  const CacheShape c = check_cache(k_cache, v_cache, op);
+  check_int32(page_table, 2, "page_table", op);
+  check_int32(seq_lens, 1, "seq_lens", op);
+  check_cpu(slot_mapping, op);
+  const int64_t batch = q.dim() == 3 ? q.size(0) : -1;
+  KERNELS_CHECK(slot_mapping.dim() == 1 && slot_mapping.size(0) == batch &&
+                    slot_mapping.scalar_type() == ScalarType::Long && slot_mapping.is_contiguous(),
+                op, ": slot_mapping must be a contiguous int64 [B] tensor, B = q.size(0)");
+  KERNELS_CHECK(page_table.size(0) == batch && seq_lens.size(0) == batch, op,
+                ": page_table and seq_lens must have q's batch size");
+  Tensor q_rot = copy_rows(q, op), k_rot = copy_rows(k, op);
+  const std::array<int64_t, 1> batch_shape{batch};
+  Tensor slots = torch::stable::new_empty(slot_mapping, batch_shape);
+  const int64_t* given = slot_mapping.const_data_ptr<int64_t>();
+  int64_t* kept = slots.mutable_data_ptr<int64_t>();
+  const int32_t* pt = page_table.const_data_ptr<int32_t>();
+  const int32_t* lens = seq_lens.const_data_ptr<int32_t>();
+  const int64_t width = page_table.size(1), ps = c.page_size;
+  std::vector<int64_t> bad;
+  for (int64_t b = 0; b < batch; ++b) {
+    kept[b] = -1;
+    if (given[b] < 0) continue;
+    const int64_t last = int64_t{lens[b]} - 1;
+    // A length outside the table is the decode's error (raised below), not a bad slot.
+    if (last < 0 || last >= width * ps || given[b] == int64_t{pt[b * width + last / ps]} * ps + last % ps) {
+      kept[b] = given[b];
+    } else {
+      bad.push_back(b);
+    }
+  }
+  rotary_embedding_(positions, q_rot, k_rot, cos_sin_cache, is_neox);
+  store_kv_cache(k_rot, v, k_cache, v_cache, slots);
+  auto [out, lse] = paged_decode_attention(q_rot, k_cache, v_cache, page_table, seq_lens, scale, window, soft_cap);
+  if (!bad.empty()) {
+    const int64_t row = out.size(1) * out.size(2), heads = lse.size(1);
+    float* lse_p = lse.mutable_data_ptr<float>();
+    const ScalarType st = out.scalar_type();
+    for (const int64_t b : bad) {
+      std::fill_n(lse_p + b * heads, heads, std::nanf(""));
+      if (st == ScalarType::Float) {
+        std::fill_n(out.mutable_data_ptr<float>() + b * row, row, std::nanf(""));
+      } else {  // the quiet NaN of float16 / bfloat16
+        const uint16_t nan_bits = st == ScalarType::Half ? 0x7e00 : 0x7fc0;
+        std::fill_n(static_cast<uint16_t*>(out.mutable_data_ptr()) + b * row, row, nan_bits);
+      }
+    }
+  }
+  return {out, lse};
+}
+
 std::tuple<Tensor, Tensor> merge_attention_states(Tensor v_a, Tensor lse_a, Tensor v_b,
                                                   Tensor lse_b) {
   constexpr const char* op = "merge_attention_states";
@@ -668,6 +744,7 @@ STABLE_TORCH_LIBRARY_IMPL(kernels, CPU, m) {
   m.impl("store_kv_cache", TORCH_BOX(&kernels::cpu::store_kv_cache));
   m.impl("rotary_embedding_and_store_kv_", TORCH_BOX(&kernels::cpu::rotary_embedding_and_store_kv_));
   m.impl("paged_decode_attention", TORCH_BOX(&kernels::cpu::paged_decode_attention));
+  m.impl("paged_decode_attention_with_rope_", TORCH_BOX(&kernels::cpu::paged_decode_attention_with_rope_));
   m.impl("paged_prefill_attention", TORCH_BOX(&kernels::cpu::paged_prefill_attention));
   m.impl("merge_attention_states", TORCH_BOX(&kernels::cpu::merge_attention_states));
   m.impl("w4a16_gemm", TORCH_BOX(&kernels::cpu::w4a16_gemm));

@@ -126,9 +126,12 @@ registry.register(
 
 
 def _decode_with_rope_supports(positions, q, k, v, cos_sin_cache, *rest) -> str | None:
+    # The CPU form (csrc/cpu/bindings.cpp) runs the two ops' kernels in turn: anything they take.
     # The CUDA kernel (csrc/cuda/attention/decode_new_token.cuh) keeps q in registers (head_dim
     # 64 / 128), rotates whole dim pairs (a neox rotary_dim a multiple of 4) and reads k / v rows 16
     # bytes at a time; the torch backend runs the two ops in turn otherwise.
+    if q.device.type == "cpu":
+        return None
     is_neox = rest[-1]
     if q.dtype not in (torch.float16, torch.bfloat16):
         return "the CUDA kernel takes float16 and bfloat16"
@@ -145,7 +148,7 @@ def _decode_with_rope_supports(positions, q, k, v, cos_sin_cache, *rest) -> str 
 registry.register(
     "paged_decode_attention_with_rope_",
     "native",
-    {"cuda": "verified"},
+    {"cpu": "verified", "cuda": "verified"},
     available=_availability("paged_decode_attention_with_rope_"),
     supports=_decode_with_rope_supports,
 )(_forward("paged_decode_attention_with_rope_"))

@@ -64,8 +64,9 @@ def paged_decode_attention_with_rope_(
     Notes
     -----
     The CUDA kernel covers head_dim 64 and 128, bfloat16 and float16, a neox ``rotary_dim`` that
-    is a multiple of 4 (any even one for GPT-J style) and 16-byte aligned ``k`` / ``v`` rows;
-    elsewhere (the CPU included) the two ops run in turn on copies of ``q`` and ``k``.
+    is a multiple of 4 (any even one for GPT-J style) and 16-byte aligned ``k`` / ``v`` rows. On
+    the CPU one call runs the two ops' kernels in turn on copies of ``q`` and ``k``; elsewhere the
+    torch backend runs the two ops in turn on copies.
     """
     is_neox = _check_rotary(positions, q, k, cos_sin_cache, is_neox)
     check_store(k, v, k_cache, v_cache, slot_mapping)  # the caches too
