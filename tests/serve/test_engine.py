@@ -193,6 +193,8 @@ def test_bad_input_is_refused_before_anything_runs(tiny):
         engine.generate([1], {"max_tokens": 0})
     with pytest.raises(TypeError, match="prompt"):
         engine.generate([[1, 2.5]], greedy())
+    with pytest.raises(TypeError, match="prompt"):
+        engine.generate([[1, True]], greedy())  # a bool is not a token id
     # One bad prompt in a list stops all of them: nothing was queued.
     with pytest.raises(ValueError):
         engine.generate([[1, 2], [1, 999]], greedy())
