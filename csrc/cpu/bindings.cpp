@@ -40,6 +40,9 @@ DType float_dtype(const Tensor& t, const char* op) {
                                   : DType::BFloat16;
 }
 
+// Bytes per element of a float tensor that float_dtype accepted.
+int64_t element_bytes(const Tensor& t) { return t.scalar_type() == ScalarType::Float ? 4 : 2; }
+
 void check_cpu(const Tensor& t, const char* op) {
   KERNELS_CHECK(t.is_cpu(), op, ": expected CPU tensors");
 }
@@ -460,7 +463,7 @@ void store_kv_cache(Tensor k, Tensor v, Tensor k_cache, Tensor v_cache, Tensor s
   }
   const int64_t row = c.kv_heads * c.head_dim;
   if (tokens == 0 || row == 0) return;
-  const int64_t elem = k_cache.scalar_type() == ScalarType::Float ? 4 : 2;
+  const int64_t elem = element_bytes(k_cache);
   const int64_t bytes = row * elem;
   const char* kp = static_cast<const char*>(k.const_data_ptr());
   const char* vp = static_cast<const char*>(v.const_data_ptr());
@@ -490,9 +493,10 @@ Tensor copy_rows(const Tensor& t, const char* op) {
   KERNELS_CHECK(t.dim() == 3 && (t.size(2) <= 1 || t.stride(2) == 1) &&
                     (t.size(1) <= 1 || t.stride(1) == t.size(2)),
                 op, ": q and k must be [B, heads, D] with contiguous heads");
+  float_dtype(t, op);
   const std::array<int64_t, 3> shape{t.size(0), t.size(1), t.size(2)};
   Tensor out = torch::stable::new_empty(t, shape);
-  const int64_t elem = t.scalar_type() == ScalarType::Float ? 4 : 2;
+  const int64_t elem = element_bytes(t);
   const int64_t bytes = t.size(1) * t.size(2) * elem;
   const char* src = static_cast<const char*>(t.const_data_ptr());
   char* dst = static_cast<char*>(out.mutable_data_ptr());

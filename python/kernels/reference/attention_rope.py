@@ -14,7 +14,7 @@ def new_token_slots(slot_mapping, page_table, seq_lens, page_size: int):
 
 
 def two_steps(rope_store, decode, positions, q, k, v, cos_sin_cache, k_cache, v_cache, slot_mapping,
-                           page_table, seq_lens, scale, window, soft_cap, is_neox):
+              page_table, seq_lens, scale, window, soft_cap, is_neox):
     """The op as its two steps (``rope_store``, ``decode``: implementations of
     ``rotary_embedding_and_store_kv_`` and ``paged_decode_attention``) on copies of q and k, a
     bad slot's sequence stored nowhere and NaN."""
