@@ -54,7 +54,8 @@ class Engine:
     memory_fraction : float
         On CUDA, the fraction of the memory free after loading the weights given to the KV pool.
     max_batch_tokens : int
-        Tokens one step computes at most (prefill chunks and decode tokens).
+        Prompt tokens one step computes at most (prefill chunks); each decoding request's one
+        token rides on top.
     max_running_requests : int
         Requests decoding at once at most.
     enable_prefix_cache : bool

@@ -1,8 +1,9 @@
 """Continuous batching over the paged KV pool, with a radix prefix cache.
 
 Each step runs every running request that has work, in one :class:`ForwardBatch`: a decoding
-request computes its one new token, a prefilling one the next chunk of its prompt, within a token
-budget (decode tokens first). Waiting requests are admitted into what budget and pages remain,
+request computes its one new token, a prefilling one the next chunk of its prompt: the prompt
+tokens of a step stay within a budget, and each decode row rides on top of it. Waiting requests are
+admitted into what budget and pages remain,
 longest cached prefix first while the queue is short, first come first served when it is long.
 When pages run out, unlocked cached prefixes are evicted, then the newest running requests are
 preempted: their pages go (computed pages into the cache), and they recompute later.
@@ -61,7 +62,8 @@ class Scheduler:
     max_context : int
         The model's context length: prompt plus ``max_tokens`` may not exceed it.
     max_batch_tokens : int
-        Token budget of one step (decode tokens and prefill chunks together).
+        Prompt tokens one step computes at most (its prefill chunks); each decoding request's
+        one token rides on top (at most ``max_running`` of them).
     max_running : int
         Most requests running at once.
     enable_prefix_cache : bool
@@ -117,9 +119,7 @@ class Scheduler:
     def schedule(self) -> ScheduledBatch | None:
         """Pick this step's work and build its batch; ``None`` when nothing is left to run, or
         nothing can run before the tokens of the batch in flight are known (overlap scheduling)."""
-        decodes = sum(1 for r in self.running if r.num_tokens - r.num_computed == 1)
-        decode_budget = self.max_batch_tokens
-        prefill_budget = max(self.max_batch_tokens - decodes, 0)
+        prefill_budget = self._prefill_budget()
         work: list[tuple[Request, int]] = []
         queue = deque(self.running)
         self.running = []
@@ -130,7 +130,7 @@ class Scheduler:
             left = req.num_tokens - req.num_computed
             if req.num_pending and len(req.output_ids) + req.num_pending >= req.params.max_tokens:
                 continue  # its pending token is its last: nothing more to compute
-            n = min(left, prefill_budget) if left > 1 else min(1, decode_budget)
+            n = min(left, prefill_budget) if left > 1 else 1
             if n == 0:
                 continue
             # Out of pages: preempt the newest request not yet given work, this one last.
@@ -142,7 +142,6 @@ class Scheduler:
                     break
             else:
                 work.append((req, n))
-                decode_budget -= n
                 if left > 1:
                     prefill_budget -= n
         # Admit nothing in a step that had to preempt: memory is short already.
@@ -207,6 +206,11 @@ class Scheduler:
             self._release(req)
         elif req in self.waiting:
             self.waiting.remove(req)
+
+    def _prefill_budget(self) -> int:
+        # Decode rows ride on top: a prefill step is compute-bound and its few decode rows cost
+        # little, while taking them off the chunk leaves a small remainder for one more step.
+        return self.max_batch_tokens
 
     def _admit(self, work: list[tuple[Request, int]], budget: int) -> None:
         if self.cache is not None and len(self.waiting) <= self.lpm_queue_limit:

@@ -183,17 +183,26 @@ class CausalLM(nn.Module):
         eps = self.config.rms_norm_eps
         residual = embedding(batch.input_ids, self.embed_tokens, self.dtype)
         x = kernels.rms_norm(residual, self.layers[0].input_layernorm, eps)
+        last = len(self.layers) - 1
         for i, layer in enumerate(self.layers):
             if i:
                 kernels.fused_add_rms_norm_(x, residual, layer.input_layernorm, eps)
-            x = self._attention(layer, x, batch, kv_caches[i])
+            if i == last and not batch.is_decode:
+                # Past the last layer's K / V only the rows whose logits are wanted matter: each is
+                # its sequence's newest token, a decode query. The rest skip attention and the MLP.
+                x = self._attention(layer, x, batch, kv_caches[i], rows=batch.logits_indices)
+                residual = residual[batch.logits_indices]
+            else:
+                x = self._attention(layer, x, batch, kv_caches[i])
             kernels.fused_add_rms_norm_(x, residual, layer.post_attention_layernorm, eps)
             x = linear(kernels.silu_and_mul(linear(x, layer.gate_up_proj)), layer.down_proj)
         kernels.fused_add_rms_norm_(x, residual, self.norm, eps)
-        # Only the rows whose next token is sampled go through the (vocab-wide) head.
-        return linear(x[batch.logits_indices], self.lm_head)
+        return linear(x, self.lm_head)
 
-    def _attention(self, layer: DecoderLayer, x: torch.Tensor, batch: ForwardBatch, kv_cache) -> torch.Tensor:
+    def _attention(self, layer: DecoderLayer, x: torch.Tensor, batch: ForwardBatch, kv_cache,
+                   rows: torch.Tensor | None = None) -> torch.Tensor:
+        """Attention of every new token, or of ``rows`` only (each its sequence's newest token:
+        ``rows[i]`` of sequence ``i``); every new token's K / V are stored either way."""
         c, n = self.config, x.shape[0]
         qkv = linear(x, layer.qkv_proj, layer.qkv_bias)
         q, k, v = qkv.split([layer.q_size, layer.kv_size, layer.kv_size], dim=1)
@@ -213,7 +222,9 @@ class CausalLM(nn.Module):
             batch.positions, q, k, v, self.cos_sin_cache, k_cache, v_cache, batch.slot_mapping, True
         )
         # Both read q in place, a strided view of qkv.
-        if batch.is_decode:
+        if rows is not None:
+            q, n = q[rows], rows.shape[0]
+        if batch.is_decode or rows is not None:
             out = kernels.paged_decode_attention(
                 q, k_cache, v_cache, batch.page_table, batch.kv_lens, sliding_window=c.sliding_window
             )

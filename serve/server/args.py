@@ -124,7 +124,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="on CUDA, the share of the memory free after loading the weights given to the KV "
                           "pool (default %(default)s)")
     mem.add_argument("--max-batch-tokens", type=_positive_int, default=d.max_batch_tokens,
-                     help="tokens one step computes at most: prefill chunks plus decode tokens (default %(default)s)")
+                     help="prompt tokens one step computes at most (its prefill chunks); each running request's "
+                          "decode token rides on top (default %(default)s)")
     mem.add_argument("--no-prefix-cache", dest="prefix_cache", action="store_false",
                      help="turn the radix prefix cache off")
     mem.add_argument("--no-cuda-graph", dest="cuda_graph", action="store_false",

@@ -78,7 +78,9 @@ def _drive(sched, model, arrivals, on_batch=None):
         step += 1
         if batch is None:
             continue
-        assert sum(batch.num_new) <= sched.max_batch_tokens
+        # The budget bounds the prompt tokens; each decode row rides on top.
+        prompt = sum(n for req, n in zip(batch.requests, batch.num_new) if req.num_tokens - req.num_computed > 1)
+        assert prompt <= sched.max_batch_tokens
         if on_batch:
             on_batch(batch)
         logits = model(batch.forward, sched.pool.kv_caches)
@@ -101,22 +103,22 @@ def test_forward_batch_of_a_mixed_step_matches_the_requests_pages(model):
     sched.update(batch, [7])
     b = _request("b", range(10, 22), 4)
     sched.add(b)
-    batch = sched.schedule()  # a decodes 1 token, b prefills 7 of its 12 (budget 8)
+    batch = sched.schedule()  # a decodes 1 token on top of the budget, b prefills 8 of its 12
     fb = batch.forward
-    assert batch.requests == [a, b] and batch.num_new == [1, 7] and batch.sample_rows == [0]
+    assert batch.requests == [a, b] and batch.num_new == [1, 8] and batch.sample_rows == [0]
     assert not fb.is_decode
-    assert fb.input_ids.tolist() == [7] + list(range(10, 17))
-    assert fb.positions.tolist() == [5] + list(range(7))
-    assert fb.qo_indptr.tolist() == [0, 1, 8] and fb.kv_lens.tolist() == [6, 7]
-    assert fb.logits_indices.tolist() == [0, 7]
+    assert fb.input_ids.tolist() == [7] + list(range(10, 18))
+    assert fb.positions.tolist() == [5] + list(range(8))
+    assert fb.qo_indptr.tolist() == [0, 1, 9] and fb.kv_lens.tolist() == [6, 8]
+    assert fb.logits_indices.tolist() == [0, 8]
     assert fb.page_table.dtype == torch.int32 and fb.page_table.shape == (2, 2)
     assert fb.page_table[0].tolist() == a.pages and fb.page_table[1].tolist() == b.pages
-    expect = [a.pages[5 // PS] * PS + 5 % PS] + [b.pages[p // PS] * PS + p % PS for p in range(7)]
+    expect = [a.pages[5 // PS] * PS + 5 % PS] + [b.pages[p // PS] * PS + p % PS for p in range(8)]
     assert fb.slot_mapping.tolist() == expect
     sched.update(batch, [9])
-    assert a.output_ids == [7, 9] and b.num_computed == 7 and b.output_ids == []
-    batch = sched.schedule()  # both finish this step: a decodes, b the last 5 prompt tokens
-    assert batch.num_new == [1, 5] and batch.sample_rows == [0, 1]
+    assert a.output_ids == [7, 9] and b.num_computed == 8 and b.output_ids == []
+    batch = sched.schedule()  # both finish this step: a decodes, b the last 4 prompt tokens
+    assert batch.num_new == [1, 4] and batch.sample_rows == [0, 1]
     sched.update(batch, [1, 2])
     batch = sched.schedule()
     assert batch.num_new == [1, 1] and batch.forward.is_decode
