@@ -11,16 +11,20 @@ What one run does, in this order, in one process:
 2. measures the read bandwidth of the device with the ceiling of ``kernels bench``
    (:func:`kernels.bench.ceilings.read_gbps`: ``src.sum()`` of a float32 buffer far larger than the
    last-level cache, bytes read over the median time);
-3. times the peer ``transformers_generate``: the same weights (shared, not copied) in a
-   transformers model of the same config, ``generate`` on the same batch of prompts (equal lengths,
-   so no padding), ``max_new_tokens = min_new_tokens = OUT``, greedy, after a short warm-up;
-4. builds the engine and runs the whole workload once on other prompts as a warm-up (every batch
+3. builds the engine and runs the whole workload once on other prompts as a warm-up (every batch
    size the timed run will see is met once, so lazy CUDA-graph capture and compilation stay out of
    timing), then times the workload ``--repeats`` times (default 3), each on its own prompts (the
    first on the peer's, so its tokens can be compared): wall clock from the submission of the
    requests until the last one finishes (``torch.cuda.synchronize`` around it on CUDA). The
    headline numbers are the median run's (the lower middle one for an even count); every run's
-   tokens/s is in the record, so the spread inside the process is on file.
+   tokens/s is in the record, so the spread inside the process is on file;
+4. frees the engine and times the peer ``transformers_generate`` in the memory its KV pool held:
+   the same weights (shared, not copied) in a transformers model of the same config, ``generate``
+   on the same batch of prompts (equal lengths, so no padding), ``max_new_tokens = min_new_tokens =
+   OUT``, greedy, after a short warm-up. The peer comes last because it initialises cuDNN (torch's
+   SDPA), after which every kernel launched in the process costs more (~0.17 us each on an H100,
+   ~1.6% of the engine's decode step: ``benchmarks/NOTES.md``); timed first, the engine runs as
+   it would in a process of its own, where cuDNN is never loaded.
 
 Reported: output tokens/s (the headline ``tokens_per_s``), total tokens/s (prompt + output),
 requests/s, wall time, mean time to first token and mean time per output token after the first
@@ -45,6 +49,7 @@ bound on decode; prefill time counts against us in the measured number).
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import shlex
@@ -85,7 +90,8 @@ of the same shape on other prompts. Compared in the same run with:
                          sequences once (mean context IN + OUT/2), at the read bandwidth measured
                          at the start of the run (kernels bench's read_gbps: a large sum)
   transformers_generate  transformers' generate on the same batch, with the same weights
-                         (shared with ours), max_new_tokens = min_new_tokens = OUT, greedy
+                         (shared with ours), max_new_tokens = min_new_tokens = OUT, greedy; timed
+                         after the engine (its cuDNN would slow every later kernel launch)
 
 Prints output tokens/s, total tokens/s, requests/s, wall time, mean TTFT and TPOT, and the
 fraction of the roofline; --json writes the result file (the layout of every kernels bench file,
@@ -458,21 +464,6 @@ def run(args) -> int:
     prompts = make_prompts(n, in_len, config.vocab_size, args.seed)
     warm_prompts = make_prompts(n, in_len, config.vocab_size, args.seed + 1)
 
-    peers: dict[str, float] = {}
-    peer_outputs: dict[str, list[list[int]]] = {}
-    notes: list[str] = []
-    for peer in args.peer_list:  # before the engine: its KV pool then takes the memory the peer used
-        print(f"peer {peer} ...", flush=True)
-        try:
-            got = transformers_generate(model, config, prompts, out_len)
-        except (PeerUnavailable, RuntimeError, ValueError, TypeError) as e:
-            note = f"peer {peer} skipped: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
-            print(note)
-            notes.append(note)
-            continue
-        peers[peer] = got["tokens_per_s"]
-        peer_outputs[peer] = got["tokens"]
-
     max_total = args.max_total_tokens
     if max_total is None and device.type == "cpu":
         max_total = max(16384, n * (in_len + out_len + 16))
@@ -499,6 +490,25 @@ def run(args) -> int:
         print(f"kernels bench offline: error: requests generated {sorted(lengths)} tokens, expected {out_len}",
               file=sys.stderr)
         return 1
+    del engine  # its KV pool and graphs: the memory the peer runs in
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    peers: dict[str, float] = {}
+    peer_outputs: dict[str, list[list[int]]] = {}
+    notes: list[str] = []
+    for peer in args.peer_list:
+        print(f"peer {peer} ...", flush=True)
+        try:
+            got = transformers_generate(model, config, prompts, out_len)
+        except (PeerUnavailable, RuntimeError, ValueError, TypeError) as e:
+            note = f"peer {peer} skipped: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+            print(note)
+            notes.append(note)
+            continue
+        peers[peer] = got["tokens_per_s"]
+        peer_outputs[peer] = got["tokens"]
+
     walls = [run_["wall_s"] for run_ in runs]
     res = runs[walls.index(statistics.median_low(walls))]
     wall = res["wall_s"]
