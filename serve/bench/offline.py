@@ -20,8 +20,9 @@ What one run does, in this order, in one process:
    tokens/s is in the record, so the spread inside the process is on file;
 4. frees the engine and times the peer ``transformers_generate`` in the memory its KV pool held:
    the same weights (shared, not copied) in a transformers model of the same config, ``generate``
-   on the same batch of prompts (equal lengths, so no padding), ``max_new_tokens = min_new_tokens =
-   OUT``, greedy, after a short warm-up. The peer comes last because it initialises cuDNN (torch's
+   on the same batches of prompts (equal lengths, so no padding), ``max_new_tokens = min_new_tokens
+   = OUT``, greedy, timed as the engine is: a warm-up run of the whole workload on the warm-up
+   prompts, then ``--repeats`` timed runs, the median one reported. The peer comes last because it initialises cuDNN (torch's
    SDPA), after which every kernel launched in the process costs more (~0.17 us each on an H100,
    ~1.6% of the engine's decode step: ``benchmarks/NOTES.md``); timed first, the engine runs as
    it would in a process of its own, where cuDNN is never loaded.
@@ -90,8 +91,9 @@ of the same shape on other prompts. Compared in the same run with:
                          sequences once (mean context IN + OUT/2), at the read bandwidth measured
                          at the start of the run (kernels bench's read_gbps: a large sum)
   transformers_generate  transformers' generate on the same batch, with the same weights
-                         (shared with ours), max_new_tokens = min_new_tokens = OUT, greedy; timed
-                         after the engine (its cuDNN would slow every later kernel launch)
+                         (shared with ours), max_new_tokens = min_new_tokens = OUT, greedy; warmed
+                         up and timed as the engine is, after it (its cuDNN would slow every later
+                         kernel launch)
 
 Prints output tokens/s, total tokens/s, requests/s, wall time, mean TTFT and TPOT, and the
 fraction of the roofline; --json writes the result file (the layout of every kernels bench file,
@@ -289,34 +291,38 @@ def _float_weight(weight, dtype: torch.dtype) -> torch.Tensor:
     return weight.detach()
 
 
-def transformers_generate(model, config, prompts: list[list[int]], output_len: int) -> dict:
-    """Tokens/s of transformers' ``generate`` on the batch ``prompts`` (one warm-up call first)."""
+def transformers_generate(model, config, batches: list[list[list[int]]], warm_prompts: list[list[int]] | None,
+                          output_len: int) -> dict:
+    """Tokens/s of transformers' ``generate``, timed as the engine is: one untimed run of the whole
+    workload on ``warm_prompts`` unless None (timed cold after a 2-token warm-up instead, the first
+    run was 2.4x slower on an H100: benchmarks/NOTES.md), then one timed run per batch in
+    ``batches``; the median run's tokens/s, every run's, and the first batch's tokens."""
     try:
         import transformers  # noqa: F401
     except ImportError as e:
         raise PeerUnavailable(f"transformers is not installed ({e})") from None
     hf = hf_model(model, config)
     device = model.device
-    ids = torch.tensor(prompts, device=device)
-    mask = torch.ones_like(ids)
 
-    def generate(new_tokens: int) -> torch.Tensor:
+    def generate(prompts: list[list[int]]) -> tuple[float, torch.Tensor]:
+        ids = torch.tensor(prompts, device=device)
+        _sync(device)
+        start = time.perf_counter()
         with torch.no_grad():
-            return hf.generate(ids, attention_mask=mask, max_new_tokens=new_tokens, min_new_tokens=new_tokens,
-                               do_sample=False, temperature=None, top_p=None, top_k=None, pad_token_id=0,
-                               eos_token_id=None)
+            out = hf.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=output_len,
+                              min_new_tokens=output_len, do_sample=False, temperature=None, top_p=None, top_k=None,
+                              pad_token_id=0, eos_token_id=None)
+        _sync(device)
+        return time.perf_counter() - start, out[:, ids.shape[1]:]
 
-    generate(min(output_len, 2))
-    _sync(device)
-    start = time.perf_counter()
-    out = generate(output_len)
-    _sync(device)
-    wall = time.perf_counter() - start
-    tokens = out[:, ids.shape[1]:].tolist()
+    if warm_prompts is not None:
+        generate(warm_prompts)
+    runs = [generate(prompts) for prompts in batches]
     del hf
     if device.type == "cuda":
         torch.cuda.empty_cache()
-    return {"wall_s": wall, "tokens_per_s": len(prompts) * output_len / wall, "tokens": tokens}
+    rates = [len(batches[0]) * output_len / wall for wall, _ in runs]
+    return {"tokens_per_s": statistics.median_low(rates), "runs_tokens_per_s": rates, "tokens": runs[0][1].tolist()}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -463,6 +469,9 @@ def run(args) -> int:
 
     prompts = make_prompts(n, in_len, config.vocab_size, args.seed)
     warm_prompts = make_prompts(n, in_len, config.vocab_size, args.seed + 1)
+    # Timed run r on its own prompts; the first on `prompts`, whose tokens the peer's are checked against.
+    timed_prompts = [prompts] + [make_prompts(n, in_len, config.vocab_size, args.seed + 1 + r)
+                                 for r in range(1, args.repeats)]
 
     max_total = args.max_total_tokens
     if max_total is None and device.type == "cpu":
@@ -477,9 +486,8 @@ def run(args) -> int:
             print("engine warm-up (the same workload on other prompts) ...", flush=True)
             run_engine(engine, warm_prompts, out_len, "warmup")
         runs = []
-        for r in range(args.repeats):
+        for r, run_prompts in enumerate(timed_prompts):
             print(f"engine timed run {r + 1} of {args.repeats} ...", flush=True)
-            run_prompts = prompts if r == 0 else make_prompts(n, in_len, config.vocab_size, args.seed + 1 + r)
             runs.append(run_engine(engine, run_prompts, out_len, f"bench{r}"))
     except ValueError as e:  # a request that can never fit: raised at admission
         print(f"kernels bench offline: error: {e}", file=sys.stderr)
@@ -495,18 +503,20 @@ def run(args) -> int:
     if device.type == "cuda":
         torch.cuda.empty_cache()
     peers: dict[str, float] = {}
+    peer_runs: dict[str, list[float]] = {}
     peer_outputs: dict[str, list[list[int]]] = {}
     notes: list[str] = []
     for peer in args.peer_list:
         print(f"peer {peer} ...", flush=True)
         try:
-            got = transformers_generate(model, config, prompts, out_len)
+            got = transformers_generate(model, config, timed_prompts, None if args.no_warmup else warm_prompts, out_len)
         except (PeerUnavailable, RuntimeError, ValueError, TypeError) as e:
             note = f"peer {peer} skipped: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
             print(note)
             notes.append(note)
             continue
         peers[peer] = got["tokens_per_s"]
+        peer_runs[peer] = got["runs_tokens_per_s"]
         peer_outputs[peer] = got["tokens"]
 
     walls = [run_["wall_s"] for run_ in runs]
@@ -548,6 +558,7 @@ def run(args) -> int:
         "fraction": _round(fraction, 3),
         "roofline": {k: v if k == "mean_context" else _round(v) for k, v in roof.items()},
         "peers": {k: _round(v) for k, v in peers.items()},
+        "peer_runs_tokens_per_s": {k: [_round(x) for x in v] for k, v in peer_runs.items()},
         "vs_peer": _round(out_tps / max(peers.values()), 3) if peers else None,
         "peer_check": peer_check,
         "engine_stats": res["stats"],
@@ -606,8 +617,10 @@ def format_table(record: dict, doc: dict) -> str:
     ]
     for peer, tps in r["peers"].items():
         check = r["peer_check"].get(peer, {})
-        rows.append((f"{peer} tokens/s", f"{num(tps)} (same greedy output: {check.get('identical_outputs', 0):.0%} "
-                                         f"of requests; same first token: {check.get('same_first_token', 0):.0%})"))
+        runs = r["peer_runs_tokens_per_s"].get(peer, [])
+        rows.append((f"{peer} tokens/s", f"{num(tps)} (median of {len(runs)} runs: {', '.join(num(t) for t in runs)}; "
+                                         f"same greedy output: {check.get('identical_outputs', 0):.0%} of requests; "
+                                         f"same first token: {check.get('same_first_token', 0):.0%})"))
     rows.append(("vs_peer (ours / best peer)", num(r["vs_peer"])))
     if "reference" in r:
         ref = r["reference"]
