@@ -14,7 +14,7 @@
 // out = acc * scale_a[m] * scale_b[n] + bias[n]); the FP8 sums are promoted into float32 every
 // 128 of K, as cuBLAS does by default, unless use_fast_accum asks for one narrow accumulator.
 // Blockwise scales are applied in the mainloop per 128-deep K block (CUTLASS's blockwise-scaled
-// accumulation), the epilogue adding the bias.
+// mainloop with our consumer loop, fp8_blockwise_mainloop.cuh), the epilogue adding the bias.
 #pragma once
 #include <cuda_runtime_api.h>
 
@@ -35,6 +35,7 @@
 #include <utility>
 
 #include "cuda/common/kernel_setup.h"
+#include "cuda/quant/fp8_blockwise_mainloop.cuh"
 #include "cuda/quant/fp8_gemm_families.h"
 
 namespace kernels::cuda::fp8 {
@@ -205,7 +206,8 @@ struct BlockwiseGemm {
                         cutlass::epilogue::TmaWarpSpecializedCooperative, Fusion, kSwapAB,
                         cute::tuple<cutlass::layout::RowMajor, LayoutSFA>,
                         cute::tuple<cutlass::layout::ColumnMajor, LayoutSFB>>;
-  using Kernel = cutlass::gemm::kernel::GemmUniversal<Shape<int, int, int, int>, typename C::Mainloop,
+  using Kernel = cutlass::gemm::kernel::GemmUniversal<Shape<int, int, int, int>,
+                                                      OverlappedBlockScaling<typename C::Mainloop>,
                                                       typename C::Epilogue, Scheduler>;
   using Gemm = cutlass::gemm::device::GemmUniversalAdapter<Sm90aOnly<Kernel>>;
 
