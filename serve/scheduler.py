@@ -119,7 +119,9 @@ class Scheduler:
     def schedule(self) -> ScheduledBatch | None:
         """Pick this step's work and build its batch; ``None`` when nothing is left to run, or
         nothing can run before the tokens of the batch in flight are known (overlap scheduling)."""
-        prefill_budget = self._prefill_budget()
+        # Decode rows ride on top of the budget: a prefill step is compute-bound and its few decode
+        # rows cost little, while taking them off the chunk leaves a small remainder for one more step.
+        prefill_budget = self.max_batch_tokens
         work: list[tuple[Request, int]] = []
         queue = deque(self.running)
         self.running = []
@@ -206,11 +208,6 @@ class Scheduler:
             self._release(req)
         elif req in self.waiting:
             self.waiting.remove(req)
-
-    def _prefill_budget(self) -> int:
-        # Decode rows ride on top: a prefill step is compute-bound and its few decode rows cost
-        # little, while taking them off the chunk leaves a small remainder for one more step.
-        return self.max_batch_tokens
 
     def _admit(self, work: list[tuple[Request, int]], budget: int) -> None:
         if self.cache is not None and len(self.waiting) <= self.lpm_queue_limit:

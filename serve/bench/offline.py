@@ -18,14 +18,14 @@ What one run does, in this order, in one process:
    requests until the last one finishes (``torch.cuda.synchronize`` around it on CUDA). The
    headline numbers are the median run's (the lower middle one for an even count); every run's
    tokens/s is in the record, so the spread inside the process is on file;
-4. frees the engine and times the peer ``transformers_generate`` in the memory its KV pool held:
-   the same weights (shared, not copied) in a transformers model of the same config, ``generate``
-   on the same batches of prompts (equal lengths, so no padding), ``max_new_tokens = min_new_tokens
-   = OUT``, greedy, timed as the engine is: a warm-up run of the whole workload on the warm-up
-   prompts, then ``--repeats`` timed runs, the median one reported. The peer comes last because it initialises cuDNN (torch's
-   SDPA), after which every kernel launched in the process costs more (~0.17 us each on an H100,
-   ~1.6% of the engine's decode step: ``benchmarks/NOTES.md``); timed first, the engine runs as
-   it would in a process of its own, where cuDNN is never loaded.
+4. frees the engine and times the peer ``transformers_generate`` in the memory its KV pool held: the
+   same weights (shared, not copied) in a transformers model of the same config, ``generate`` on the
+   same batches of prompts (equal lengths, so no padding), ``max_new_tokens = min_new_tokens =
+   OUT``, greedy, timed as the engine is: a warm-up run of the whole workload on the warm-up
+   prompts, then ``--repeats`` timed runs, the median one reported. The peer comes last because it
+   initialises cuDNN (torch's SDPA), after which every kernel launched in the process costs more
+   (~0.17 us each on an H100, ~1.6% of the engine's decode step: ``benchmarks/NOTES.md``); timed
+   first, the engine runs as it would in a process of its own, where cuDNN is never loaded.
 
 Reported: output tokens/s (the headline ``tokens_per_s``), total tokens/s (prompt + output),
 requests/s, wall time, mean time to first token and mean time per output token after the first
@@ -294,9 +294,10 @@ def _float_weight(weight, dtype: torch.dtype) -> torch.Tensor:
 def transformers_generate(model, config, batches: list[list[list[int]]], warm_prompts: list[list[int]] | None,
                           output_len: int) -> dict:
     """Tokens/s of transformers' ``generate``, timed as the engine is: one untimed run of the whole
-    workload on ``warm_prompts`` unless None (timed cold after a 2-token warm-up instead, the first
+    workload on ``warm_prompts`` (None: no warm-up, as the engine's ``--no-warmup``; cold, the first
     run was 2.4x slower on an H100: benchmarks/NOTES.md), then one timed run per batch in
-    ``batches``; the median run's tokens/s, every run's, and the first batch's tokens."""
+    ``batches``; the median run's tokens/s (the lower middle wall, as the engine's), every run's,
+    and the first batch's tokens."""
     try:
         import transformers  # noqa: F401
     except ImportError as e:
@@ -321,8 +322,10 @@ def transformers_generate(model, config, batches: list[list[list[int]]], warm_pr
     del hf
     if device.type == "cuda":
         torch.cuda.empty_cache()
-    rates = [len(batches[0]) * output_len / wall for wall, _ in runs]
-    return {"tokens_per_s": statistics.median_low(rates), "runs_tokens_per_s": rates, "tokens": runs[0][1].tolist()}
+    tokens = len(batches[0]) * output_len
+    walls = [wall for wall, _ in runs]
+    return {"tokens_per_s": tokens / statistics.median_low(walls), "runs_tokens_per_s": [tokens / w for w in walls],
+            "tokens": runs[0][1].tolist()}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -598,11 +601,13 @@ def format_table(record: dict, doc: dict) -> str:
     roof = r["roofline"]
     num = format_number
 
+    def runs_text(runs) -> str:
+        return f"median of {len(runs)} runs: {', '.join(num(t) for t in runs)}"
+
     rows = [
         ("model", f"{r['model']} ({r['load_format']}, {r['dtype']})"),
         ("workload", f"{r['shape']} (requests x in x out), greedy, ignore_eos"),
-        ("output tokens/s", f"{num(r['tokens_per_s'])} (median of {len(r['runs_tokens_per_s'])} runs: "
-                            f"{', '.join(num(t) for t in r['runs_tokens_per_s'])})"),
+        ("output tokens/s", f"{num(r['tokens_per_s'])} ({runs_text(r['runs_tokens_per_s'])})"),
         ("total tokens/s", num(r["total_tokens_per_s"])),
         ("requests/s", num(r["requests_per_s"])),
         ("wall time", num(r["wall_s"], " s")),
@@ -618,7 +623,7 @@ def format_table(record: dict, doc: dict) -> str:
     for peer, tps in r["peers"].items():
         check = r["peer_check"].get(peer, {})
         runs = r["peer_runs_tokens_per_s"].get(peer, [])
-        rows.append((f"{peer} tokens/s", f"{num(tps)} (median of {len(runs)} runs: {', '.join(num(t) for t in runs)}; "
+        rows.append((f"{peer} tokens/s", f"{num(tps)} ({runs_text(runs)}; "
                                          f"same greedy output: {check.get('identical_outputs', 0):.0%} of requests; "
                                          f"same first token: {check.get('same_first_token', 0):.0%})"))
     rows.append(("vs_peer (ours / best peer)", num(r["vs_peer"])))
